@@ -1,0 +1,173 @@
+"""RAPL settings: every setting is read, type-checked and documented here, in one place.
+
+Each setting has a one-line comment that `.env.example` repeats.  Values come from, in
+rising order of precedence: the defaults below, the `.env` file, the process environment,
+and the ``overrides`` mapping given to :func:`rapl.create_app` (used by tests).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+BACKENDS = ("sensevoice", "whisper", "mlx")
+DEFAULT_MODELS = {
+    "sensevoice": "iic/SenseVoiceSmall",
+    "whisper": "Systran/faster-whisper-small",
+    "mlx": "mlx-community/Qwen3-ASR-1.7B-8bit",
+}
+RICH_MODES = ("plain", "emoji", "tags")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """An invalid setting; the message names the setting and the valid values."""
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={raw!r} is invalid: use true or false")
+
+
+def _int(low: int, high: int | None = None) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is invalid: use a whole number") from None
+        if value < low or (high is not None and value > high):
+            upper = f" and {high}" if high is not None else " or more"
+            between = f"between {low}{upper}" if high is not None else f"{low}{upper}"
+            raise SettingsError(f"{name}={raw!r} is out of range: use {between}")
+        return value
+
+    return parse
+
+
+def _float(low: float, high: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is invalid: use a number") from None
+        if not low <= value <= high:
+            raise SettingsError(f"{name}={raw!r} is out of range: use {low} to {high}")
+        return value
+
+    return parse
+
+
+def _choice(choices: tuple[str, ...], lower: bool = True) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower() if lower else raw.strip().upper()
+        if value not in choices:
+            raise SettingsError(f"{name}={raw!r} is invalid: use one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _device(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    base = value.split(":", 1)[0]
+    if base not in ("auto", "cpu", "cuda", "mps") or (":" in value and base != "cuda"):
+        raise SettingsError(f"{name}={raw!r} is invalid: use one of auto, cpu, cuda, cuda:N, mps")
+    return value
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+# name -> (default, parser, one-line description repeated in .env.example)
+SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
+    "BACKEND": ("sensevoice", _choice(BACKENDS), "Speech-to-text backend: sensevoice, whisper or mlx."),
+    "LOCAL_MODEL": ("", _text, "Model: a hub id or a local directory; empty picks the backend's default."),
+    "DEVICE": ("auto", _device, "Where the model runs: auto, cpu, cuda, cuda:N or mps."),
+    "HOST": ("127.0.0.1", _text, "Address `python -m rapl` listens on; keep 127.0.0.1 unless you set API_KEY."),
+    "PORT": ("8000", _int(1, 65535), "Port `python -m rapl` listens on."),
+    "API_KEY": ("", _text, "If set, every endpoint but /health needs 'Authorization: Bearer <key>'."),
+    "MAX_UPLOAD_MB": ("25", _int(1, 4096), "Largest accepted upload in megabytes (OpenAI's limit is 25)."),
+    "MAX_AUDIO_SECONDS": ("14400", _int(1), "Longest accepted audio after decoding, in seconds."),
+    "MAX_QUEUE": ("16", _int(1, 10000), "Requests allowed to wait for the model; more get 429."),
+    "REQUEST_TIMEOUT": ("600", _int(1), "Seconds a request may wait in the queue before it gets 504."),
+    "THREADS": ("0", _int(0, 1024), "CPU threads for inference; 0 uses every core."),
+    "WHISPER_COMPUTE_TYPE": ("default", _text, "faster-whisper compute type; default is int8 on CPU, float16 on CUDA."),
+    "RICH_TEXT": ("plain", _choice(RICH_MODES), "SenseVoice emotion/event tags in text: plain, emoji or tags."),
+    "USE_ITN": ("true", _bool, "SenseVoice inverse text normalisation (numbers, punctuation): true or false."),
+    "VAD": ("true", _bool, "Split long audio at pauses found by voice-activity detection: true or false."),
+    "VAD_THRESHOLD": ("0.5", _float(0.0, 1.0), "Speech probability above which audio counts as speech (0 to 1)."),
+    "MAX_CHUNK_SECONDS": ("30", _int(5, 600), "Longest piece of audio given to the model at once, in seconds."),
+    "MIN_SILENCE_MS": ("500", _int(0, 10000), "Shortest pause, in milliseconds, that may separate two pieces."),
+    "PROGRESS": ("true", _bool, "Show a tqdm progress bar in the terminal for each transcription."),
+    "LOG_LEVEL": ("INFO", _choice(LOG_LEVELS, lower=False), "Logging level: DEBUG, INFO, WARNING or ERROR."),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings; build with :meth:`Settings.load`."""
+
+    BACKEND: str
+    LOCAL_MODEL: str
+    DEVICE: str
+    HOST: str
+    PORT: int
+    API_KEY: str
+    MAX_UPLOAD_MB: int
+    MAX_AUDIO_SECONDS: int
+    MAX_QUEUE: int
+    REQUEST_TIMEOUT: int
+    THREADS: int
+    WHISPER_COMPUTE_TYPE: str
+    RICH_TEXT: str
+    USE_ITN: bool
+    VAD: bool
+    VAD_THRESHOLD: float
+    MAX_CHUNK_SECONDS: int
+    MIN_SILENCE_MS: int
+    PROGRESS: bool
+    LOG_LEVEL: str
+
+    @property
+    def model(self) -> str:
+        """The model to load: LOCAL_MODEL, or the backend's default."""
+        return self.LOCAL_MODEL or DEFAULT_MODELS[self.BACKEND]
+
+    @classmethod
+    def load(cls, overrides: Mapping[str, Any] | None = None,
+             environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``environ`` (default: os.environ) and ``overrides``.
+
+        Raises SettingsError naming the first invalid setting and its valid values.
+        """
+        environ = os.environ if environ is None else environ
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(SPEC) - {"ENV_FILE"})
+        if unknown:
+            raise SettingsError(f"unknown setting {unknown[0]}: valid settings are {', '.join(SPEC)}")
+        values: dict[str, Any] = {}
+        for name, (default, parse, _doc) in SPEC.items():
+            raw = overrides.get(name, environ.get(name, default))
+            values[name] = parse(name, str(raw) if not isinstance(raw, bool) else str(raw).lower())
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        """Settings safe to show (the API key is masked)."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown["API_KEY"] = "set" if self.API_KEY else ""
+        return shown
+
+
+def env_example() -> str:
+    """The text of `.env.example`, generated from SPEC so the two never drift."""
+    lines = ["# RAPL settings. Copy to .env and edit; real environment variables win over this file.", ""]
+    for name, (default, _parse, doc) in SPEC.items():
+        lines += [f"# {doc}", f"{name}={default}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""The OpenAI-compatible HTTP API: transcriptions, translations, models, health."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from . import audio, formats, languages, pipeline
+from .errors import APIError
+from .transcription import Options, Segment, Transcription
+from .worker import ModelWorker
+
+log = logging.getLogger(__name__)
+bp = Blueprint("api", __name__)
+
+# Dictation apps differ on whether their base URL ends in /v1, so serve all three.
+PREFIXES = ("/v1", "", "/v1/v1")
+GRANULARITIES = ("segment", "word")
+
+
+def worker() -> ModelWorker:
+    """The app's model worker."""
+    return current_app.extensions["rapl"]
+
+
+def _form(name: str) -> str | None:
+    value = request.form.get(name)
+    return value if value not in (None, "") else None
+
+
+def _temperature() -> float | None:
+    raw = _form("temperature")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise APIError(f"temperature must be a number between 0 and 1, not {raw!r}.", 400,
+                       param="temperature", code="invalid_value")
+    return value
+
+
+def _response_format() -> str:
+    value = (_form("response_format") or "json").strip().lower()
+    if value not in formats.FORMATS:
+        raise APIError(f"response_format must be one of {', '.join(formats.FORMATS)}, not {value!r}.",
+                       400, param="response_format", code="invalid_value")
+    return value
+
+
+def _granularities(response_format: str) -> set[str]:
+    values = request.form.getlist("timestamp_granularities[]") + request.form.getlist("timestamp_granularities")
+    wanted = {v.strip().lower() for v in values if v.strip()}
+    bad = wanted - set(GRANULARITIES)
+    if bad:
+        raise APIError(f"timestamp_granularities must be among segment, word, not {sorted(bad)[0]!r}.",
+                       400, param="timestamp_granularities", code="invalid_value")
+    if wanted and response_format != "verbose_json":
+        raise APIError("timestamp_granularities needs response_format=verbose_json.", 400,
+                       param="timestamp_granularities", code="invalid_value")
+    return wanted
+
+
+def _stream() -> bool:
+    raw = (_form("stream") or "false").strip().lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise APIError(f"stream must be true or false, not {raw!r}.", 400, param="stream",
+                       code="invalid_value")
+    return raw in ("true", "1")
+
+
+def _upload() -> bytes:
+    if not (request.mimetype or "").startswith("multipart/form-data"):
+        raise APIError("Send the audio as multipart/form-data with a 'file' field.", 400,
+                       param="file", code="invalid_content_type")
+    upload = request.files.get("file")
+    if upload is None:
+        raise APIError("The 'file' field is required: attach the audio file to transcribe.", 400,
+                       param="file", code="missing_file")
+    return upload.read()
+
+
+def _options(task: str, words: bool) -> Options:
+    language = None if task == "translate" else languages.normalize(_form("language"))
+    return Options(language=language, prompt=_form("prompt"), temperature=_temperature(),
+                   word_timestamps=words, task=task)
+
+
+def _handle(task: str) -> Response:
+    started = time.perf_counter()
+    request_id = uuid.uuid4().hex[:12]
+    response_format = _response_format()
+    words = "word" in _granularities(response_format)
+    options = _options(task, words)
+    stream = _stream()
+    work = worker()
+    if work.state == "ready":
+        pipeline.check_options(work.backend, options)
+    data = _upload()
+    pcm = audio.decode(data, current_app.config["RAPL_SETTINGS"].MAX_AUDIO_SECONDS)
+    del data
+    progress = current_app.config["RAPL_SETTINGS"].PROGRESS
+    connected = request.environ.get("waitress.client_disconnected")
+    is_connected = (lambda: not connected()) if callable(connected) else None
+    headers = {"x-rapl-model": work.backend.model, "x-request-id": request_id}
+    if stream:
+        return _streaming(work, pcm, options, request_id, headers, is_connected, progress)
+    future = work.submit(lambda: pipeline.run(work.backend, pcm, options, label=request_id,
+                                              progress=progress), is_connected)
+    result = future.result()
+    headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
+    return _respond(result, response_format, words, headers)
+
+
+def _respond(result: Transcription, response_format: str, words: bool, headers: dict[str, str]) -> Response:
+    body = formats.render(result, response_format, words)
+    if isinstance(body, dict):
+        resp = jsonify(body)
+    else:
+        resp = Response(body, content_type=formats.CONTENT_TYPES[response_format])
+    resp.headers.update(headers)
+    return resp
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+
+
+def _streaming(work: ModelWorker, pcm: Any, options: Options, request_id: str,
+               headers: dict[str, str], is_connected: Any, progress: bool) -> Response:
+    """Server-Sent Events as OpenAI sends them: text deltas per segment, then the whole text."""
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def on_segment(segment: Segment) -> None:
+        events.put(("segment", segment))
+
+    def job() -> Transcription:
+        return pipeline.run(work.backend, pcm, options, label=request_id, progress=progress,
+                            on_segment=on_segment)
+
+    future = work.submit(job, is_connected)
+    future.add_done_callback(lambda f: events.put(("done", f)))
+
+    def generate() -> Iterator[bytes]:
+        sent = ""
+        while True:
+            kind, item = events.get()
+            if kind == "segment":
+                delta = (" " if sent and item.text else "") + item.text
+                sent += delta
+                if delta:
+                    yield _sse({"type": "transcript.text.delta", "delta": delta, "logprobs": None})
+                continue
+            error = item.exception()
+            if error is None:
+                result: Transcription = item.result()
+                yield _sse({"type": "transcript.text.done", "text": result.text, "logprobs": None,
+                            "usage": formats.usage(result)})
+            else:
+                api_error = error if isinstance(error, APIError) else APIError(
+                    f"Internal error: {type(error).__name__}. See the server log.", 500,
+                    code="internal_error")
+                if not isinstance(error, APIError):
+                    log.error("streamed transcription failed", exc_info=error)
+                yield _sse({"type": "error", **api_error.body()})
+            return
+
+    headers = {**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(generate(), content_type="text/event-stream", headers=headers)
+
+
+def transcriptions() -> Response:
+    """POST /v1/audio/transcriptions."""
+    return _handle("transcribe")
+
+
+def translations() -> Response:
+    """POST /v1/audio/translations: speech to English text."""
+    return _handle("translate")
+
+
+def _model_card(work: ModelWorker) -> dict[str, Any]:
+    return {"id": work.backend.model, "object": "model", "created": int(current_app.config["RAPL_STARTED"]),
+            "owned_by": "rapl", "backend": work.backend.name, "status": work.state}
+
+
+def list_models() -> Response:
+    """GET /v1/models: the one model this server runs, in OpenAI's list shape."""
+    return jsonify({"object": "list", "data": [_model_card(worker())]})
+
+
+def get_model(model_id: str) -> Response:
+    """GET /v1/models/<id>: any id answers with the loaded model (apps ask for whisper-1)."""
+    return jsonify(_model_card(worker()))
+
+
+def health() -> Response:
+    """GET /health: loading, ready or failed, with backend, model and queue depth."""
+    body = worker().health()
+    return Response(json.dumps(body), status=200 if body["status"] == "ready" else 503,
+                    content_type="application/json")
+
+
+for _i, _prefix in enumerate(PREFIXES):
+    bp.add_url_rule(f"{_prefix}/audio/transcriptions", f"transcriptions{_i}", transcriptions, methods=["POST"])
+    bp.add_url_rule(f"{_prefix}/audio/translations", f"translations{_i}", translations, methods=["POST"])
+    bp.add_url_rule(f"{_prefix}/models", f"models{_i}", list_models, methods=["GET"])
+    bp.add_url_rule(f"{_prefix}/models/<path:model_id>", f"model{_i}", get_model, methods=["GET"])
+bp.add_url_rule("/health", "health", health, methods=["GET"])

@@ -1,0 +1,49 @@
+"""Speech-to-text backends behind one small Protocol, chosen by the BACKEND setting.
+
+Each backend lives in its own module and imports its heavy library only inside
+``load()``, so choosing one never imports the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from config import Settings
+
+from ..transcription import Options, Segment, Transcription
+
+OnSegment = Callable[[Segment], None]
+
+# BACKEND value -> "module:Class", imported only when chosen.
+REGISTRY: dict[str, str] = {
+    "sensevoice": "rapl.backends.sensevoice:SenseVoiceBackend",
+    "whisper": "rapl.backends.whisper:WhisperBackend",
+    "mlx": "rapl.backends.mlx:MLXBackend",
+}
+
+
+class Backend(Protocol):
+    """What RAPL needs from a speech-to-text model."""
+
+    name: str  # the BACKEND value
+    model: str  # the hub id or directory in use
+    languages: frozenset[str] | None  # ISO codes it accepts; None: any Whisper code
+    can_translate: bool  # speech to English text (task="translate")
+    can_time_words: bool  # word timestamps
+
+    def load(self) -> None:
+        """Download if needed, load and warm up the model (runs in the model thread)."""
+
+    def transcribe(self, audio: np.ndarray, options: Options, on_segment: OnSegment) -> Transcription:
+        """Transcribe 16 kHz mono float32 audio, calling ``on_segment`` as each segment is done."""
+
+
+def create(settings: Settings) -> Backend:
+    """Build (but do not load) the backend that ``settings.BACKEND`` names."""
+    module_name, class_name = REGISTRY[settings.BACKEND].split(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)(settings)

@@ -1,0 +1,115 @@
+"""faster-whisper (CTranslate2) backend: Whisper models, int8 on CPU by default."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from config import Settings
+
+from ..errors import APIError
+from ..transcription import Options, Segment, Transcription, Word, join_text
+from . import OnSegment
+
+log = logging.getLogger(__name__)
+
+# faster-whisper's own fallback schedule, used when the client sends no temperature.
+_FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+
+
+class WhisperBackend:
+    """Whisper through faster-whisper."""
+
+    name = "whisper"
+    can_time_words = True
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model = settings.model
+        self.languages: frozenset[str] | None = None
+        self.can_translate = True
+        self._model: Any = None
+
+    def load(self) -> None:
+        """Load from a local directory or the Hugging Face cache (downloading if absent), then warm up."""
+        from faster_whisper import WhisperModel
+
+        device, index = _device(self.settings.DEVICE)
+        compute_type = self.settings.WHISPER_COMPUTE_TYPE
+        if compute_type == "default":
+            compute_type = "int8" if device == "cpu" else "float16"
+        kwargs = {"device": device, "device_index": index, "compute_type": compute_type,
+                  "cpu_threads": self.settings.THREADS or os.cpu_count() or 1}
+        started = time.perf_counter()
+        if os.path.isdir(self.model):
+            self._model = WhisperModel(self.model, **kwargs)
+        else:
+            try:
+                self._model = WhisperModel(self.model, local_files_only=True, **kwargs)
+                log.info("loading %s from the Hugging Face cache", self.model)
+            except Exception:  # noqa: BLE001 - not cached: download it
+                log.info("downloading %s from Hugging Face (first use)", self.model)
+                self._model = WhisperModel(self.model, **kwargs)
+        if not self._model.model.is_multilingual:
+            self.languages = frozenset({"en"})
+            self.can_translate = False
+        else:
+            self.languages = frozenset(_model_codes())
+        log.info("loaded whisper model %s on %s (%s) in %.1f s", self.model, device, compute_type,
+                 time.perf_counter() - started)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        started = time.perf_counter()
+        noise = np.random.default_rng(0).normal(0, 0.01, 16000).astype(np.float32)
+        segments, _ = self._model.transcribe(noise, language="en", beam_size=1, without_timestamps=True)
+        list(segments)
+        log.info("warm-up took %.2f s", time.perf_counter() - started)
+
+    def transcribe(self, audio: np.ndarray, options: Options, on_segment: OnSegment) -> Transcription:
+        """Transcribe (or translate) with faster-whisper, one Segment per Whisper segment."""
+        if options.task == "translate" and not self.can_translate:
+            raise APIError(f"The model {self.model} is English-only and cannot translate.", 400,
+                           param="model", code="translation_unsupported")
+        temperature = (_FALLBACK_TEMPERATURES if options.temperature is None
+                       else options.temperature)
+        pieces, info = self._model.transcribe(
+            audio, language=options.language, task=options.task, initial_prompt=options.prompt or None,
+            temperature=temperature, word_timestamps=options.word_timestamps, vad_filter=False,
+        )
+        segments = []
+        for piece in pieces:
+            segment = _segment(piece)
+            segments.append(segment)
+            on_segment(segment)
+        language = options.language or info.language
+        return Transcription(text=join_text([s.text for s in segments]), language=language,
+                             duration=len(audio) / 16000, segments=tuple(segments), task=options.task)
+
+
+def _segment(piece: Any) -> Segment:
+    words = tuple(Word(w.word.strip(), w.start, w.end, w.probability) for w in (piece.words or ()))
+    return Segment(start=piece.start, end=piece.end, text=piece.text.strip(), tokens=tuple(piece.tokens),
+                   temperature=piece.temperature or 0.0, avg_logprob=piece.avg_logprob,
+                   compression_ratio=piece.compression_ratio, no_speech_prob=piece.no_speech_prob,
+                   words=words)
+
+
+def _model_codes() -> tuple[str, ...]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return tuple(_LANGUAGE_CODES)
+
+
+def _device(setting: str) -> tuple[str, int]:
+    """CTranslate2's device and index for DEVICE (it has no Metal backend: mps runs on CPU)."""
+    if setting in ("auto", "mps"):
+        import ctranslate2
+
+        return ("cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"), 0
+    device, _, index = setting.partition(":")
+    return device, int(index or 0)

@@ -1,0 +1,58 @@
+"""One transcription job as the model thread runs it: checks, progress bar, backend call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from .audio import duration
+from .backends import Backend
+from .errors import APIError
+from .transcription import Options, Segment, Transcription
+
+log = logging.getLogger(__name__)
+
+_BAR = "{desc}: {percentage:3.0f}%|{bar:20}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}{postfix}]"
+
+
+def check_options(backend: Backend, options: Options) -> None:
+    """Reject what the loaded backend cannot do, naming the parameter."""
+    if options.language is not None and backend.languages is not None \
+            and options.language not in backend.languages:
+        codes = ", ".join(sorted(backend.languages))
+        raise APIError(f"Language '{options.language}' is not supported by the {backend.name} model "
+                       f"{backend.model}. Supported: {codes} (or omit it to detect).", 400,
+                       param="language", code="unsupported_language")
+    if options.task == "translate" and not backend.can_translate:
+        raise APIError(f"The {backend.name} backend (model {backend.model}) cannot translate; "
+                       "use BACKEND=whisper with a multilingual model.", 400, param="model",
+                       code="translation_unsupported")
+    if options.word_timestamps and not backend.can_time_words:
+        raise APIError(f"The {backend.name} backend (model {backend.model}) cannot time words; "
+                       "ask for timestamp_granularities[]=segment.", 400,
+                       param="timestamp_granularities", code="word_timestamps_unsupported")
+
+
+def run(backend: Backend, audio: np.ndarray, options: Options, *, label: str = "transcribe",
+        progress: bool = True, on_segment: Callable[[Segment], None] | None = None) -> Transcription:
+    """Transcribe ``audio`` on the model thread, advancing a tqdm bar by seconds of audio done."""
+    check_options(backend, options)
+    total = duration(audio)
+    started = time.perf_counter()
+    with tqdm(total=total, desc=label, bar_format=_BAR, disable=not progress, leave=False) as bar:
+        def segment_done(segment: Segment) -> None:
+            bar.update(max(0.0, min(segment.end, total) - bar.n))
+            bar.set_postfix_str(f"RTF {(time.perf_counter() - started) / max(bar.n, 1e-6):.3f}",
+                                refresh=False)
+            if on_segment is not None:
+                on_segment(segment)
+
+        result = backend.transcribe(audio, options, segment_done)
+        bar.update(total - bar.n)
+    elapsed = time.perf_counter() - started
+    log.info("%s: %.1f s of audio in %.2f s (RTF %.3f)", label, total, elapsed, elapsed / max(total, 1e-6))
+    return result

@@ -1,0 +1,106 @@
+"""The single model thread: loads the backend, then runs transcriptions one at a time, FIFO."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from config import Settings
+
+from .backends import Backend
+from .errors import APIError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ModelWorker:
+    """Owns the backend and the one-thread executor that alone touches the model."""
+
+    def __init__(self, backend: Backend, settings: Settings) -> None:
+        self.backend = backend
+        self.settings = settings
+        self.state = "loading"
+        self.error: str | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapl-model")
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self.counters = {"completed": 0, "failed": 0, "rejected_busy": 0,
+                         "dropped_disconnected": 0, "timed_out": 0}
+        self.loaded = self.executor.submit(self._load)
+
+    def _load(self) -> None:
+        started = time.perf_counter()
+        log.info("loading %s model %s", self.backend.name, self.backend.model)
+        try:
+            self.backend.load()
+        except BaseException as exc:  # noqa: BLE001 - the server stays up and reports it
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.state = "failed"
+            log.error("could not load model %s: %s", self.backend.model, self.error)
+            return
+        self.state = "ready"
+        log.info("model %s ready in %.1f s", self.backend.model, time.perf_counter() - started)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for the model (not counting the one running)."""
+        return self._waiting
+
+    def unavailable(self) -> APIError:
+        """The 503 a request gets while the model failed to load."""
+        return APIError(f"The model {self.backend.model} could not be loaded ({self.error}). "
+                        "Check the server log; if the machine is offline, point LOCAL_MODEL at a "
+                        "local model directory or a model already in the cache, then restart.",
+                        503, code="model_unavailable")
+
+    def submit(self, fn: Callable[[], T], connected: Callable[[], bool] | None = None) -> Future[T]:
+        """Queue ``fn`` for the model thread, or raise 429 when MAX_QUEUE requests already wait."""
+        with self._lock:
+            if self._waiting >= self.settings.MAX_QUEUE:
+                self.counters["rejected_busy"] += 1
+                raise APIError(f"The server is busy: {self._waiting} requests are waiting for the "
+                               "model. Retry shortly.", 429, code="server_busy",
+                               headers={"Retry-After": "1"})
+            self._waiting += 1
+        return self.executor.submit(self._run, fn, time.monotonic(), connected)
+
+    def _run(self, fn: Callable[[], T], queued_at: float, connected: Callable[[], bool] | None) -> T:
+        with self._lock:
+            self._waiting -= 1
+        if self.state == "failed":
+            raise self.unavailable()
+        if connected is not None and not connected():
+            self.counters["dropped_disconnected"] += 1
+            log.info("client went away while queued; skipped")
+            raise APIError("Client disconnected.", 499, code="client_closed_request")
+        if time.monotonic() - queued_at > self.settings.REQUEST_TIMEOUT:
+            self.counters["timed_out"] += 1
+            raise APIError(f"The request waited longer than {self.settings.REQUEST_TIMEOUT} s "
+                           "(REQUEST_TIMEOUT) for the model.", 504, code="timeout")
+        try:
+            result = fn()
+        except APIError:
+            raise
+        except Exception:
+            self.counters["failed"] += 1
+            raise
+        self.counters["completed"] += 1
+        return result
+
+    def health(self) -> dict[str, Any]:
+        """What /health reports."""
+        body: dict[str, Any] = {"status": self.state, "backend": self.backend.name,
+                                "model": self.backend.model, "queue_depth": self._waiting,
+                                **self.counters}
+        if self.error:
+            body["error"] = self.error
+        return body
+
+    def shutdown(self) -> None:
+        """Finish the running job, drop the queued ones, stop the thread."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
