@@ -15,7 +15,7 @@ from flask import Flask, Request
 
 from config import Settings
 
-from . import backends, errors
+from . import auth, backends, errors
 from .worker import ModelWorker
 
 __version__ = "0.1.0"
@@ -50,12 +50,20 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
                       MAX_FORM_MEMORY_SIZE=1024 * 1024, JSON_SORT_KEYS=False)
     app.json.sort_keys = False
     errors.register(app)
+    auth.register(app, settings.API_KEY)
+    _warn_if_exposed(settings)
     from .api import bp
 
     app.register_blueprint(bp)
     app.extensions["rapl"] = ModelWorker(backends.create(settings), settings)
     log.info("RAPL %s: backend %s, model %s", __version__, settings.BACKEND, settings.model)
     return app
+
+
+def _warn_if_exposed(settings: Settings) -> None:
+    if settings.HOST not in ("127.0.0.1", "localhost", "::1") and not settings.API_KEY:
+        log.warning("HOST=%s exposes RAPL beyond this machine without an API key: anyone who can reach "
+                    "it can use it. Set API_KEY, or keep HOST=127.0.0.1.", settings.HOST)
 
 
 def _configure_logging(level: str) -> None:

@@ -7,12 +7,12 @@ import logging
 import queue
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import IO, Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from . import audio, formats, languages, pipeline
+from . import audio, formats, languages, openapi, pipeline
 from .errors import APIError
 from .transcription import Options, Segment, Transcription
 from .worker import ModelWorker
@@ -78,7 +78,7 @@ def _stream() -> bool:
     return raw in ("true", "1")
 
 
-def _upload() -> bytes:
+def _upload() -> IO[bytes]:
     if not (request.mimetype or "").startswith("multipart/form-data"):
         raise APIError("Send the audio as multipart/form-data with a 'file' field.", 400,
                        param="file", code="invalid_content_type")
@@ -86,7 +86,7 @@ def _upload() -> bytes:
     if upload is None:
         raise APIError("The 'file' field is required: attach the audio file to transcribe.", 400,
                        param="file", code="missing_file")
-    return upload.read()
+    return upload.stream
 
 
 def _options(task: str, words: bool) -> Options:
@@ -103,20 +103,24 @@ def _handle(task: str) -> Response:
     options = _options(task, words)
     stream = _stream()
     work = worker()
-    if work.state == "ready":
-        pipeline.check_options(work.backend, options)
-    data = _upload()
-    pcm = audio.decode(data, current_app.config["RAPL_SETTINGS"].MAX_AUDIO_SECONDS)
-    del data
-    progress = current_app.config["RAPL_SETTINGS"].PROGRESS
+    settings = current_app.config["RAPL_SETTINGS"]
+    pcm = audio.decode(_upload(), settings.MAX_AUDIO_SECONDS)
+    work.loaded.result()  # requests that arrive while the model loads wait for it
+    if work.state == "failed":
+        raise work.unavailable()
+    pipeline.check_options(work.backend, options)
+    chunks = work.segmenter.plan(pcm, merge=work.backend.segments_audio)
     connected = request.environ.get("waitress.client_disconnected")
     is_connected = (lambda: not connected()) if callable(connected) else None
+
+    def job(on_segment: Callable[[Segment], None] | None = None) -> Transcription:
+        return pipeline.run(work.backend, pcm, options, chunks, label=request_id,
+                            progress=settings.PROGRESS, on_segment=on_segment)
+
     headers = {"x-rapl-model": work.backend.model, "x-request-id": request_id}
     if stream:
-        return _streaming(work, pcm, options, request_id, headers, is_connected, progress)
-    future = work.submit(lambda: pipeline.run(work.backend, pcm, options, label=request_id,
-                                              progress=progress), is_connected)
-    result = future.result()
+        return _streaming(work, job, headers, is_connected)
+    result = work.submit(job, is_connected).result() if chunks else job()
     headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
     return _respond(result, response_format, words, headers)
 
@@ -135,19 +139,15 @@ def _sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
-def _streaming(work: ModelWorker, pcm: Any, options: Options, request_id: str,
-               headers: dict[str, str], is_connected: Any, progress: bool) -> Response:
+def _streaming(work: ModelWorker, job: Callable[..., Transcription], headers: dict[str, str],
+               is_connected: Callable[[], bool] | None) -> Response:
     """Server-Sent Events as OpenAI sends them: text deltas per segment, then the whole text."""
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def on_segment(segment: Segment) -> None:
         events.put(("segment", segment))
 
-    def job() -> Transcription:
-        return pipeline.run(work.backend, pcm, options, label=request_id, progress=progress,
-                            on_segment=on_segment)
-
-    future = work.submit(job, is_connected)
+    future = work.submit(lambda: job(on_segment), is_connected)
     future.add_done_callback(lambda f: events.put(("done", f)))
 
     def generate() -> Iterator[bytes]:
@@ -216,3 +216,4 @@ for _i, _prefix in enumerate(PREFIXES):
     bp.add_url_rule(f"{_prefix}/models", f"models{_i}", list_models, methods=["GET"])
     bp.add_url_rule(f"{_prefix}/models/<path:model_id>", f"model{_i}", get_model, methods=["GET"])
 bp.add_url_rule("/health", "health", health, methods=["GET"])
+bp.add_url_rule("/openapi.json", "openapi", lambda: jsonify(openapi.spec()), methods=["GET"])

@@ -12,6 +12,7 @@ import io
 import logging
 import shutil
 import subprocess
+from typing import IO
 
 import numpy as np
 
@@ -23,21 +24,24 @@ SAMPLE_RATE = 16000
 _SF_MAGIC = (b"RIFF", b"RF64", b"fLaC")
 
 
-def decode(data: bytes, max_seconds: float = float("inf")) -> np.ndarray:
-    """Decode ``data`` to a 1-D float32 array at 16 kHz mono.
+def decode(source: bytes | IO[bytes], max_seconds: float = float("inf")) -> np.ndarray:
+    """Decode ``source`` (bytes or a seekable binary file) to a 1-D float32 array at 16 kHz mono.
 
     Raises APIError 400 when nothing can decode it and 413 when it is longer than
     ``max_seconds``.
     """
-    if not data:
+    data = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    data.seek(0)
+    magic = data.read(4)
+    if not magic:
         raise APIError("The uploaded file is empty.", 400, param="file", code="empty_file")
     audio = None
-    if data[:4] in _SF_MAGIC:
-        audio = _decode_soundfile(data, max_seconds)
+    if magic in _SF_MAGIC:
+        audio = _decode_soundfile(_rewound(data), max_seconds)
     if audio is None:
-        audio = _decode_pyav(data, max_seconds)
+        audio = _decode_pyav(_rewound(data), max_seconds)
     if audio is None:
-        audio = _decode_ffmpeg_cli(data, max_seconds)
+        audio = _decode_ffmpeg_cli(_rewound(data).read(), max_seconds)
     if audio is None:
         raise APIError("The uploaded file could not be decoded as audio. Send a common audio or "
                        "video file (wav, mp3, m4a, ogg, opus, webm, flac, mp4, ...).", 400,
@@ -46,6 +50,11 @@ def decode(data: bytes, max_seconds: float = float("inf")) -> np.ndarray:
         raise APIError("The uploaded file contains no audio samples.", 400, param="file",
                        code="invalid_audio")
     return audio
+
+
+def _rewound(data: IO[bytes]) -> IO[bytes]:
+    data.seek(0)
+    return data
 
 
 def duration(audio: np.ndarray) -> float:
@@ -69,11 +78,11 @@ def _to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
     return samples
 
 
-def _decode_soundfile(data: bytes, max_seconds: float) -> np.ndarray | None:
+def _decode_soundfile(data: IO[bytes], max_seconds: float) -> np.ndarray | None:
     import soundfile as sf
 
     try:
-        with sf.SoundFile(io.BytesIO(data)) as f:
+        with sf.SoundFile(data) as f:
             if f.frames / f.samplerate > max_seconds:
                 raise _too_long(max_seconds)
             samples = f.read(dtype="float32", always_2d=True)
@@ -86,11 +95,11 @@ def _decode_soundfile(data: bytes, max_seconds: float) -> np.ndarray | None:
     return _to_mono_16k(samples, rate)
 
 
-def _decode_pyav(data: bytes, max_seconds: float) -> np.ndarray | None:
+def _decode_pyav(data: IO[bytes], max_seconds: float) -> np.ndarray | None:
     import av
 
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+        container = av.open(data, mode="r", metadata_errors="ignore")
     except (av.FFmpegError, ValueError, UnicodeDecodeError) as exc:
         log.debug("PyAV could not open the upload: %s", exc)
         return None

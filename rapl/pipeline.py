@@ -1,4 +1,4 @@
-"""One transcription job as the model thread runs it: checks, progress bar, backend call."""
+"""One transcription job: plan chunks (VAD), run the backend on each, join with offsets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from tqdm import tqdm
 from .audio import duration
 from .backends import Backend
 from .errors import APIError
-from .transcription import Options, Segment, Transcription
+from .transcription import Options, Segment, Transcription, join_text
+from .vad import Chunk
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +38,37 @@ def check_options(backend: Backend, options: Options) -> None:
                        param="timestamp_granularities", code="word_timestamps_unsupported")
 
 
-def run(backend: Backend, audio: np.ndarray, options: Options, *, label: str = "transcribe",
-        progress: bool = True, on_segment: Callable[[Segment], None] | None = None) -> Transcription:
-    """Transcribe ``audio`` on the model thread, advancing a tqdm bar by seconds of audio done."""
+def run(backend: Backend, audio: np.ndarray, options: Options, chunks: list[Chunk], *,
+        label: str = "transcribe", progress: bool = True,
+        on_segment: Callable[[Segment], None] | None = None) -> Transcription:
+    """Transcribe each chunk of ``audio`` in order, advancing a tqdm bar by seconds of audio done.
+
+    Returns one Transcription whose segment times are relative to the whole recording.
+    """
     check_options(backend, options)
     total = duration(audio)
     started = time.perf_counter()
+    segments: list[Segment] = []
+    language = options.language
     with tqdm(total=total, desc=label, bar_format=_BAR, disable=not progress, leave=False) as bar:
-        def segment_done(segment: Segment) -> None:
-            bar.update(max(0.0, min(segment.end, total) - bar.n))
-            bar.set_postfix_str(f"RTF {(time.perf_counter() - started) / max(bar.n, 1e-6):.3f}",
-                                refresh=False)
-            if on_segment is not None:
-                on_segment(segment)
+        def advance(to: float) -> None:
+            bar.update(max(0.0, min(to, total) - bar.n))
+            bar.set_postfix_str(f"RTF {(time.perf_counter() - started) / max(bar.n, 1e-6):.3f}", refresh=False)
 
-        result = backend.transcribe(audio, options, segment_done)
-        bar.update(total - bar.n)
+        for chunk in chunks:
+            def segment_done(segment: Segment, offset: float = chunk.offset) -> None:
+                shifted = segment.shifted(offset)
+                segments.append(shifted)
+                advance(shifted.end)
+                if on_segment is not None:
+                    on_segment(shifted)
+
+            part = backend.transcribe(audio[chunk.start:chunk.end], options, segment_done)
+            language = language or part.language
+            advance(chunk.end / 16000)
+        advance(total)
     elapsed = time.perf_counter() - started
-    log.info("%s: %.1f s of audio in %.2f s (RTF %.3f)", label, total, elapsed, elapsed / max(total, 1e-6))
-    return result
+    log.info("%s: %.1f s of audio (%d chunks) in %.2f s (RTF %.3f)", label, total, len(chunks), elapsed,
+             elapsed / max(total, 1e-6))
+    return Transcription(text=join_text([s.text for s in segments]), language=language, duration=total,
+                         segments=tuple(segments), task=options.task)

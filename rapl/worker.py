@@ -13,6 +13,7 @@ from config import Settings
 
 from .backends import Backend
 from .errors import APIError
+from .vad import Segmenter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -23,6 +24,7 @@ class ModelWorker:
 
     def __init__(self, backend: Backend, settings: Settings) -> None:
         self.backend = backend
+        self.segmenter = Segmenter(settings)
         self.settings = settings
         self.state = "loading"
         self.error: str | None = None
@@ -38,6 +40,7 @@ class ModelWorker:
         log.info("loading %s model %s", self.backend.name, self.backend.model)
         try:
             self.backend.load()
+            self.segmenter.load()
         except BaseException as exc:  # noqa: BLE001 - the server stays up and reports it
             self.error = f"{type(exc).__name__}: {exc}"
             self.state = "failed"

@@ -34,12 +34,17 @@ class Backend(Protocol):
     languages: frozenset[str] | None  # ISO codes it accepts; None: any Whisper code
     can_translate: bool  # speech to English text (task="translate")
     can_time_words: bool  # word timestamps
+    segments_audio: bool  # splits a long chunk into timed segments itself (Whisper); else one per chunk
 
     def load(self) -> None:
         """Download if needed, load and warm up the model (runs in the model thread)."""
 
     def transcribe(self, audio: np.ndarray, options: Options, on_segment: OnSegment) -> Transcription:
-        """Transcribe 16 kHz mono float32 audio, calling ``on_segment`` as each segment is done."""
+        """Transcribe 16 kHz mono float32 audio (one chunk of at most MAX_CHUNK_SECONDS).
+
+        Calls ``on_segment`` for every segment of the result, in order, as each is done;
+        times are relative to the start of ``audio``.
+        """
 
 
 def create(settings: Settings) -> Backend:

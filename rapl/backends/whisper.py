@@ -26,6 +26,7 @@ class WhisperBackend:
 
     name = "whisper"
     can_time_words = True
+    segments_audio = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

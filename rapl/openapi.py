@@ -1,0 +1,81 @@
+"""The OpenAPI description of RAPL's API, served at /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+from .formats import FORMATS
+
+_ERROR = {
+    "type": "object", "required": ["error"],
+    "properties": {"error": {"type": "object", "required": ["message", "type", "param", "code"],
+                             "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                                            "param": {"type": ["string", "null"]},
+                                            "code": {"type": ["string", "null"]}}}},
+}
+
+
+def _error_responses(*codes: int) -> dict[str, Any]:
+    ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {str(code): {"description": "Error in OpenAI's envelope", **ref} for code in codes}
+
+
+def _audio_form(transcribe: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "file": {"type": "string", "format": "binary", "description": "Audio or video file, any common format."},
+        "model": {"type": "string", "description": "Accepted and ignored: the loaded model serves."},
+        "prompt": {"type": "string"},
+        "response_format": {"type": "string", "enum": list(FORMATS), "default": "json"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+    }
+    if transcribe:
+        properties.update({
+            "language": {"type": "string", "description": "ISO-639-1 code, or omit to detect."},
+            "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment", "word"]}},
+            "stream": {"type": "boolean", "default": False},
+        })
+    return {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": ["file"], "properties": properties}}}}
+
+
+def _transcription_op(summary: str, transcribe: bool) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary,
+        "requestBody": _audio_form(transcribe),
+        "responses": {
+            "200": {"description": "The transcript in the requested format", "content": {
+                "application/json": {"schema": {"type": "object", "required": ["text"],
+                                                "properties": {"text": {"type": "string"}}}},
+                "text/plain": {"schema": {"type": "string"}},
+                "text/event-stream": {"schema": {"type": "string"}}}},
+            **_error_responses(400, 401, 413, 429, 503, 504),
+        },
+    }}
+
+
+def spec() -> dict[str, Any]:
+    """The OpenAPI 3.1 document."""
+    model = {"type": "object", "required": ["id", "object"],
+             "properties": {"id": {"type": "string"}, "object": {"const": "model"},
+                            "owned_by": {"type": "string"}, "created": {"type": "integer"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "RAPL", "version": __version__,
+                 "description": "Local speech-to-text with OpenAI's audio API."},
+        "paths": {
+            "/v1/audio/transcriptions": _transcription_op("Transcribe audio", True),
+            "/v1/audio/translations": _transcription_op("Translate audio into English text", False),
+            "/v1/models": {"get": {"summary": "List the loaded model", "responses": {
+                "200": {"description": "Models", "content": {"application/json": {"schema": {
+                    "type": "object", "properties": {"object": {"const": "list"},
+                                                     "data": {"type": "array", "items": model}}}}}},
+                **_error_responses(401)}}},
+            "/health": {"get": {"summary": "Model status and queue depth", "responses": {
+                "200": {"description": "Ready", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "503": {"description": "Loading or failed", "content": {"application/json": {
+                    "schema": {"type": "object"}}}}}}},
+        },
+        "components": {"schemas": {"Error": _ERROR},
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }

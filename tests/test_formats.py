@@ -1,0 +1,65 @@
+"""Response formats: pure functions from Transcription."""
+
+from __future__ import annotations
+
+import srt
+import webvtt
+
+from rapl import formats
+from rapl.transcription import Segment, Transcription, Word
+
+RESULT = Transcription(
+    text="Hello there. General Kenobi.", language="en", duration=3661.0015,
+    segments=(Segment(0.0004, 1.0006, "Hello there.", tokens=(1, 2), words=(Word("Hello", 0.0, 0.5),
+                                                                            Word("there.", 0.5, 1.0006))),
+              Segment(3600.5, 3661.0, "General Kenobi.", extra={"emotion": "happy", "events": ["speech"]})),
+)
+
+
+def test_times_round_to_whole_milliseconds() -> None:
+    assert formats.ms(1.0006) == 1.001
+    assert formats.ms(0.0004) == 0.0
+    assert "00:00:00,000 --> 00:00:01,001" in formats.to_srt(RESULT)
+    assert "01:00:00.500 --> 01:01:01.000" in formats.to_vtt(RESULT)
+
+
+def test_srt_parses_with_the_srt_library() -> None:
+    subs = list(srt.parse(formats.to_srt(RESULT)))
+    assert [s.content for s in subs] == ["Hello there.", "General Kenobi."]
+    assert subs[1].start.total_seconds() == 3600.5
+
+
+def test_vtt_parses_with_webvtt(tmp_path) -> None:
+    path = tmp_path / "a.vtt"
+    path.write_text(formats.to_vtt(RESULT))
+    captions = webvtt.read(str(path))
+    assert [c.text for c in captions] == ["Hello there.", "General Kenobi."]
+    assert captions[0].end == "00:00:01.001"
+
+
+def test_verbose_json_has_every_openai_segment_field() -> None:
+    body = formats.to_verbose_json(RESULT, words=True)
+    assert body["language"] == "english" and body["task"] == "transcribe"
+    assert body["duration"] == 3661.002 or body["duration"] == 3661.001
+    seg = body["segments"][0]
+    for key in ("id", "seek", "start", "end", "text", "tokens", "temperature", "avg_logprob",
+                "compression_ratio", "no_speech_prob"):
+        assert key in seg
+    assert seg["end"] == 1.001 and seg["tokens"] == [1, 2]
+    assert body["segments"][1]["emotion"] == "happy"  # RAPL extension fields
+    assert body["words"] == [{"word": "Hello", "start": 0.0, "end": 0.5},
+                             {"word": "there.", "start": 0.5, "end": 1.001}]
+    assert "words" not in formats.to_verbose_json(RESULT)
+
+
+def test_text_without_segments_gets_one_spanning_segment() -> None:
+    result = Transcription(text="hi", language=None, duration=2.0)
+    assert formats.to_verbose_json(result)["segments"][0]["end"] == 2.0
+    assert formats.to_verbose_json(result)["language"] == "unknown"
+    empty = Transcription(text="", language="en", duration=2.0)
+    assert formats.to_srt(empty) == "" and formats.to_vtt(empty) == "WEBVTT\n\n"
+
+
+def test_json_and_text() -> None:
+    assert formats.render(RESULT, "json") == {"text": RESULT.text, "usage": {"type": "duration", "seconds": 3662}}
+    assert formats.render(RESULT, "text") == RESULT.text
