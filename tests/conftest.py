@@ -162,3 +162,59 @@ def wer(reference: str, hypothesis: str) -> float:
         return re.sub(r"[^\w\s']", " ", text.lower())
 
     return jiwer.wer(norm(reference), norm(hypothesis))
+
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please remember to water the plants on Tuesday morning.",
+    "Our train leaves from platform seven at half past nine.",
+    "She sells fresh bread at the market every weekend.",
+    "The museum opens its new gallery next spring.",
+    "Turn left at the bakery and walk two blocks north.",
+]
+
+
+def _speech(text: str, dst: Path) -> Any:
+    from rapl import audio
+
+    return audio.decode(espeak(text, dst).read_bytes())
+
+
+@pytest.fixture(scope="session")
+def spoken_sentences(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
+    """Each of SENTENCES spoken by espeak-ng, as 16 kHz float32 arrays."""
+    out = tmp_path_factory.mktemp("espeak")
+    return [_speech(text, out / f"s{i}.wav") for i, text in enumerate(SENTENCES)]
+
+
+def build_recording(parts: list[Any], gaps: list[float], noise: float = 0.0, seed: int = 0) -> tuple[Any, list[float]]:
+    """Join speech ``parts`` after silent (or lightly noisy) ``gaps`` in seconds.
+
+    Returns the 16 kHz recording and where each part's speech really starts (its first
+    sample louder than -40 dBFS), in seconds.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pieces, starts, at = [], [], 0
+    for gap, part in zip(gaps, parts, strict=True):
+        n = int(gap * 16000)
+        pieces.append((rng.normal(0, noise, n) if noise else np.zeros(n)).astype(np.float32))
+        at += n
+        loud = np.flatnonzero(np.abs(part) > 0.01)
+        starts.append((at + int(loud[0])) / 16000)
+        pieces.append(part)
+        at += len(part)
+    pieces.append(np.zeros(16000, dtype=np.float32))
+    return np.concatenate(pieces), starts
+
+
+def wav_bytes(pcm: Any, format: str = "WAV") -> bytes:
+    """16 kHz mono 16-bit WAV (as dictation apps send) or FLAC of ``pcm``."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, pcm, 16000, format=format, subtype="PCM_16")
+    return buf.getvalue()

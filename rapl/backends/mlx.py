@@ -2,9 +2,10 @@
 
 The model family comes from the model's own ``config.json`` (``model_type``), and mlx-audio's
 loader builds the model.  The only per-family knowledge here is :data:`FAMILIES`, one table of
-how each family's ``generate()`` takes the language, the prompt, the generation limit and word
-timestamps; a family missing from it gets :data:`DEFAULT_FAMILY`.  Keyword arguments a model's
-``generate()`` does not name are dropped, so one family's options never break another.
+how each family's ``generate()`` takes the language, the prompt, the generation limit, word
+timestamps and inverse text normalisation, and whether it times segments itself; a family
+missing from it gets :data:`DEFAULT_FAMILY`.  Keyword arguments a model's ``generate()`` does
+not name are dropped, so one family's options never break another.
 
 Generation limit: autoregressive families get at most :func:`token_limit` new tokens, about
 ten per second of audio plus a small allowance, so a model that never emits its end token
@@ -55,6 +56,8 @@ class Family:
     prompt_arg: str | None = None  # keyword the request's prompt (context) goes to
     max_tokens_arg: str | None = "max_tokens"  # keyword of the generation limit; None: no limit
     word_timestamps_arg: str | None = None  # keyword that asks for word timestamps
+    itn_arg: str | None = None  # keyword that takes the USE_ITN setting (numbers, punctuation)
+    segments_audio: bool = False  # splits a chunk into timed segments itself; else one per chunk
 
 
 def _names(codes: str, **spelled: str) -> dict[str, str]:
@@ -69,9 +72,9 @@ _QWEN3_ASR = _names("zh en yue ar de fr es pt id it ko ru th vi ja tr hi ms nl s
 FAMILIES: dict[str, Family] = {
     "qwen3_asr": Family(languages=_QWEN3_ASR, prompt_arg="system_prompt"),
     "sensevoice": Family(languages={c: c for c in ("zh", "en", "yue", "ja", "ko")},
-                         auto_language="auto", max_tokens_arg=None),
+                         auto_language="auto", max_tokens_arg=None, itn_arg="use_itn"),
     "whisper": Family(prompt_arg="initial_prompt", max_tokens_arg=None,
-                      word_timestamps_arg="word_timestamps"),
+                      word_timestamps_arg="word_timestamps", segments_audio=True),
     "vibevoice_asr": Family(language_arg=None, prompt_arg="context"),
 }
 DEFAULT_FAMILY = Family()
@@ -120,6 +123,7 @@ class MLXBackend:
         self.languages: frozenset[str] | None = (
             frozenset(self.family.languages) if self.family.languages is not None else None)
         self.can_time_words = self.family.word_timestamps_arg is not None
+        self.segments_audio = self.family.segments_audio
 
     def load(self) -> None:
         """Find the model (local directory, Hugging Face cache, else download), load, warm up."""
@@ -198,6 +202,8 @@ class MLXBackend:
             wanted[family.max_tokens_arg] = token_limit(duration)
         if family.word_timestamps_arg and options.word_timestamps:
             wanted[family.word_timestamps_arg] = True
+        if family.itn_arg:
+            wanted[family.itn_arg] = self.settings.USE_ITN
         if options.temperature is not None:
             wanted["temperature"] = options.temperature
         dropped = sorted(set(wanted) - self._accepts)
