@@ -23,6 +23,7 @@ bp = Blueprint("api", __name__)
 # Dictation apps differ on whether their base URL ends in /v1, so serve all three.
 PREFIXES = ("/v1", "", "/v1/v1")
 GRANULARITIES = ("segment", "word")
+STREAM_CHUNK_SECONDS = 10
 
 
 def worker() -> ModelWorker:
@@ -109,7 +110,9 @@ def _handle(task: str) -> Response:
     if work.state == "failed":
         raise work.unavailable()
     pipeline.check_options(work.backend, options)
-    chunks = work.segmenter.plan(pcm, merge=work.backend.segments_audio)
+    # A stream uses shorter chunks, so the first words go out soon after they were spoken.
+    chunks = work.segmenter.plan(pcm, merge=work.backend.segments_audio,
+                                 merge_seconds=STREAM_CHUNK_SECONDS if stream else None)
     connected = request.environ.get("waitress.client_disconnected")
     is_connected = (lambda: not connected()) if callable(connected) else None
 

@@ -72,14 +72,16 @@ class Segmenter:
                     spans.append((start, end))
         return spans
 
-    def plan(self, audio: np.ndarray, merge: bool = True) -> list[Chunk]:
-        """The chunks to transcribe. ``merge`` joins neighbouring spans up to the maximum length
-        (for models that segment well themselves); otherwise each pause starts a new chunk."""
+    def plan(self, audio: np.ndarray, merge: bool = True, merge_seconds: float | None = None) -> list[Chunk]:
+        """The chunks to transcribe. ``merge`` joins neighbouring spans up to MAX_CHUNK_SECONDS
+        (or ``merge_seconds``, if smaller) for models that segment well themselves; otherwise
+        each pause starts a new chunk."""
         if not self.enabled:
             return [Chunk(s, min(s + self.max_chunk, len(audio))) for s in range(0, len(audio), self.max_chunk)]
+        limit = min(self.max_chunk, int((merge_seconds or self.max_chunk) * RATE))
         chunks: list[Chunk] = []
         for start, end in self.speech(audio):
-            if merge and chunks and end - chunks[-1].start <= self.max_chunk:
+            if merge and chunks and end - chunks[-1].start <= limit:
                 chunks[-1] = Chunk(chunks[-1].start, end)
             else:
                 chunks.append(Chunk(start, end))

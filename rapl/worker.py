@@ -31,8 +31,11 @@ class ModelWorker:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapl-model")
         self._lock = threading.Lock()
         self._waiting = 0
+        self._tickets = 0  # arrival order, checked when each job starts
+        self._last_started = 0
+        self.running = False  # a job is on the model now
         self.counters = {"completed": 0, "failed": 0, "rejected_busy": 0,
-                         "dropped_disconnected": 0, "timed_out": 0}
+                         "dropped_disconnected": 0, "timed_out": 0, "out_of_order": 0}
         self.loaded = self.executor.submit(self._load)
 
     def _load(self) -> None:
@@ -70,11 +73,15 @@ class ModelWorker:
                                "model. Retry shortly.", 429, code="server_busy",
                                headers={"Retry-After": "1"})
             self._waiting += 1
-        return self.executor.submit(self._run, fn, time.monotonic(), connected)
+            self._tickets += 1
+            return self.executor.submit(self._run, fn, self._tickets, time.monotonic(), connected)
 
-    def _run(self, fn: Callable[[], T], queued_at: float, connected: Callable[[], bool] | None) -> T:
+    def _run(self, fn: Callable[[], T], ticket: int, queued_at: float, connected: Callable[[], bool] | None) -> T:
         with self._lock:
             self._waiting -= 1
+            if ticket < self._last_started:
+                self.counters["out_of_order"] += 1
+            self._last_started = ticket
         if self.state == "failed":
             raise self.unavailable()
         if connected is not None and not connected():
@@ -85,6 +92,7 @@ class ModelWorker:
             self.counters["timed_out"] += 1
             raise APIError(f"The request waited longer than {self.settings.REQUEST_TIMEOUT} s "
                            "(REQUEST_TIMEOUT) for the model.", 504, code="timeout")
+        self.running = True
         try:
             result = fn()
         except APIError:
@@ -92,13 +100,15 @@ class ModelWorker:
         except Exception:
             self.counters["failed"] += 1
             raise
+        finally:
+            self.running = False
         self.counters["completed"] += 1
         return result
 
     def health(self) -> dict[str, Any]:
         """What /health reports."""
         body: dict[str, Any] = {"status": self.state, "backend": self.backend.name,
-                                "model": self.backend.model, "queue_depth": self._waiting,
+                                "model": self.backend.model, "queue_depth": self._waiting, "busy": self.running,
                                 **self.counters}
         if self.error:
             body["error"] = self.error

@@ -98,3 +98,123 @@ def test_unknown_path_and_wrong_method_use_the_envelope(whisper_server: Server) 
         wrong = http.get("/v1/audio/transcriptions")
     assert missing.status_code == 404 and set(missing.json()["error"]) == {"message", "type", "param", "code"}
     assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+# --- every response format through the SDK ------------------------------------------------
+
+def _create(server: Server, path: Path, **kwargs):  # noqa: ANN202
+    with path.open("rb") as f:
+        return server.client().audio.transcriptions.create(model="whisper-1", file=f, **kwargs)
+
+
+def test_all_formats_agree_and_parse(whisper_server: Server, jfk: Path, tmp_path: Path) -> None:
+    import srt
+    import webvtt
+
+    verbose = _create(whisper_server, jfk, response_format="verbose_json")
+    plain = _create(whisper_server, jfk, response_format="json").text
+    text = _create(whisper_server, jfk, response_format="text")
+    subs = list(srt.parse(_create(whisper_server, jfk, response_format="srt")))
+    (tmp_path / "a.vtt").write_text(_create(whisper_server, jfk, response_format="vtt"))
+    captions = webvtt.read(str(tmp_path / "a.vtt"))
+    assert verbose.language == "english" and verbose.duration == pytest.approx(11.0, abs=0.05)
+    assert verbose.text == plain == text.strip()
+    assert " ".join(s.content for s in subs) == " ".join(c.text for c in captions) == plain
+    starts = [s.start for s in verbose.segments]
+    assert starts == sorted(starts) and all(0 <= s.start < s.end <= verbose.duration for s in verbose.segments)
+    seg = verbose.segments[0]
+    assert seg.tokens and seg.avg_logprob < 0 and 0 <= seg.no_speech_prob <= 1 and seg.id == 0
+    assert [round(s.start.total_seconds(), 3) for s in subs] == [round(s.start, 3) for s in verbose.segments]
+
+
+def test_word_timestamps(whisper_server: Server, jfk: Path) -> None:
+    result = _create(whisper_server, jfk, response_format="verbose_json", timestamp_granularities=["word", "segment"])
+    words = [w.word.strip(",.").lower() for w in result.words]
+    assert words[:4] == ["and", "so", "my", "fellow"]
+    assert all(a.start <= b.start for a, b in zip(result.words, result.words[1:]))
+    assert result.words[-1].end <= result.duration + 0.01
+
+
+def test_words_need_verbose_json(whisper_server: Server, jfk: Path) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        _create(whisper_server, jfk, response_format="json", timestamp_granularities=["word"])
+    assert info.value.body["param"] == "timestamp_granularities"
+
+
+def test_language_and_prompt_are_used(whisper_server: Server, jfk: Path) -> None:
+    result = _create(whisper_server, jfk, response_format="verbose_json", language="en",
+                     prompt="Kennedy's inaugural address.")
+    assert result.language == "english" and wer(JFK_TEXT, result.text) <= 0.10
+    with pytest.raises(openai.BadRequestError) as info:
+        _create(whisper_server, jfk, language="de")  # tiny.en is English-only
+    assert info.value.body["param"] == "language" and "en" in info.value.body["message"]
+
+
+def test_translation_on_an_english_only_model_is_a_400(whisper_server: Server, jfk: Path) -> None:
+    with jfk.open("rb") as f, pytest.raises(openai.BadRequestError) as info:
+        whisper_server.client().audio.translations.create(model="whisper-1", file=f)
+    assert info.value.body["code"] == "translation_unsupported"
+
+
+@pytest.mark.parametrize(("field", "value", "param"), [
+    ("response_format", "xml", "response_format"),
+    ("temperature", "hot", "temperature"),
+    ("temperature", "1.5", "temperature"),
+    ("stream", "perhaps", "stream"),
+    ("timestamp_granularities[]", "syllable", "timestamp_granularities"),
+])
+def test_bad_parameters_name_the_field(whisper_server: Server, jfk: Path, field: str, value: str, param: str) -> None:
+    with whisper_server.http() as http:
+        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())},
+                         data={field: value, "response_format": "verbose_json"} if field != "response_format"
+                         else {field: value})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
+
+
+def test_non_multipart_body_is_a_400(whisper_server: Server) -> None:
+    with whisper_server.http() as http:
+        resp = http.post("/v1/audio/transcriptions", json={"file": "abc"})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "file"
+
+
+def test_empty_file_is_a_400(whisper_server: Server) -> None:
+    with whisper_server.http() as http:
+        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"")})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "empty_file"
+
+
+# --- streaming ------------------------------------------------------------------------------
+
+def test_stream_deltas_arrive_before_the_end(whisper_server: Server, spoken_sentences, jfk: Path) -> None:
+    import time
+
+    from conftest import build_recording, wav_bytes
+    from rapl import audio
+
+    parts = [audio.decode(jfk.read_bytes())] + spoken_sentences
+    recording, _ = build_recording(parts, [0.5] + [1.2] * len(spoken_sentences))
+    assert len(recording) / 16000 >= 30
+    client = whisper_server.client()
+    started = time.perf_counter()
+    arrivals, deltas, done = [], [], None
+    stream = client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav_bytes(recording)), stream=True)
+    for event in stream:
+        arrivals.append(time.perf_counter() - started)
+        if event.type == "transcript.text.delta":
+            deltas.append(event.delta)
+        else:
+            done = event
+    assert done is not None and done.type == "transcript.text.done"
+    assert len(deltas) > 1
+    assert "".join(deltas) == done.text
+    total = arrivals[-1]
+    assert arrivals[0] < 0.6 * total, arrivals  # the first words come well before the end
+    assert wer(JFK_TEXT, done.text[: len(JFK_TEXT)]) <= 0.25
+
+
+def test_stream_error_is_raised_by_the_sdk(whisper_server: Server, jfk: Path) -> None:
+    with jfk.open("rb") as f, pytest.raises(openai.APIError):
+        for _ in whisper_server.client().audio.transcriptions.create(model="whisper-1", file=f, stream=True,
+                                                                      language="fr"):
+            pass

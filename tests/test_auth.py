@@ -1,0 +1,66 @@
+"""The optional API key."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import openai
+import pytest
+
+from conftest import Server
+
+KEY = "sk-local-test-key-123"
+
+
+@pytest.fixture(scope="module")
+def keyed(serve, whisper_model: str) -> Server:  # noqa: ANN001
+    return serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "API_KEY": KEY})
+
+
+def test_right_key_works(keyed: Server, jfk: Path) -> None:
+    with jfk.open("rb") as f:
+        text = keyed.client(api_key=KEY).audio.transcriptions.create(model="whisper-1", file=f).text
+    assert "country" in text
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic " + KEY, "Bearer " + KEY[:-1], KEY])
+def test_wrong_or_missing_key_is_401(keyed: Server, header: str | None) -> None:
+    headers = {"Authorization": header} if header else {}
+    with keyed.http() as http:
+        for path in ("/v1/models", "/v1/audio/transcriptions"):
+            resp = http.request("GET" if path.endswith("models") else "POST", path, headers=headers)
+            assert resp.status_code == 401
+            assert resp.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_sdk_sees_authentication_error(keyed: Server, jfk: Path) -> None:
+    with jfk.open("rb") as f, pytest.raises(openai.AuthenticationError):
+        keyed.client(api_key="nope").audio.transcriptions.create(model="whisper-1", file=f)
+
+
+def test_health_stays_open(keyed: Server) -> None:
+    with keyed.http() as http:
+        assert http.get("/health").status_code == 200
+
+
+def test_key_never_logged(keyed: Server, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    with keyed.http() as http:
+        http.get("/v1/models", headers={"Authorization": "Bearer " + KEY})
+        http.get("/v1/models", headers={"Authorization": "Bearer wrong-" + KEY})
+    assert KEY not in caplog.text
+
+
+def test_no_key_means_open(whisper_server: Server) -> None:
+    with whisper_server.http() as http:
+        assert http.get("/v1/models").status_code == 200
+
+
+def test_exposed_without_key_warns(caplog: pytest.LogCaptureFixture, whisper_model: str) -> None:
+    from rapl import create_app
+
+    caplog.set_level(logging.WARNING)
+    app = create_app({"ENV_FILE": "", "BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "HOST": "0.0.0.0"})
+    app.extensions["rapl"].shutdown()
+    assert "API_KEY" in caplog.text
