@@ -123,7 +123,8 @@ def test_request_waiting_too_long_gets_504(serve, whisper_model: str, spoken_sen
     long_clip = wav_bytes(build_recording(spoken_sentences * 3, [0.5] * 18)[0])
     short = wav_bytes(spoken_sentences[0])
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(lambda: server.http().post("/v1/audio/transcriptions", files={"file": ("l.wav", long_clip)}))
+        first = pool.submit(lambda: server.http().post("/v1/audio/transcriptions",
+                                                       files={"file": ("l.wav", long_clip)}))
         time.sleep(0.5)
         second = pool.submit(lambda: server.http().post("/v1/audio/transcriptions", files={"file": ("s.wav", short)}))
         assert first.result().status_code == 200
