@@ -15,7 +15,7 @@ from flask import Flask, Request
 
 from config import Settings
 
-from . import auth, backends, errors
+from . import auth, backends, errors, metrics
 from .worker import ModelWorker
 
 __version__ = "0.1.0"
@@ -43,7 +43,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     settings = Settings.load(overrides)
     _configure_logging(settings.LOG_LEVEL)
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # the web blueprint serves rapl/static
     app.request_class = InMemoryRequest
     app.config.update(RAPL_SETTINGS=settings, RAPL_STARTED=time.time(),
                       MAX_CONTENT_LENGTH=settings.MAX_UPLOAD_MB * 1024 * 1024,
@@ -52,10 +52,16 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     errors.register(app)
     auth.register(app, settings.API_KEY)
     _warn_if_exposed(settings)
-    from .api import bp
+    from .api import bp as api_bp
+    from .web import bp as web_bp
 
-    app.register_blueprint(bp)
-    app.extensions["rapl"] = ModelWorker(backends.create(settings), settings)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(web_bp)
+    worker = ModelWorker(backends.create(settings), settings)
+    app.extensions["rapl"] = worker
+    metrics.register(app, metrics.Metrics(queue_depth=lambda: worker.queue_depth,
+                                          model_loaded=lambda: worker.state == "ready",
+                                          info={"backend": settings.BACKEND, "model": settings.model}))
     log.info("RAPL %s: backend %s, model %s", __version__, settings.BACKEND, settings.model)
     return app
 

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import audio, formats, languages, openapi, pipeline
 from .errors import APIError
+from .metrics import metrics_of
 from .transcription import Options, Segment, Transcription
 from .worker import ModelWorker
 
@@ -116,9 +117,13 @@ def _handle(task: str) -> Response:
     connected = request.environ.get("waitress.client_disconnected")
     is_connected = (lambda: not connected()) if callable(connected) else None
 
+    metrics = metrics_of(current_app)
+
     def job(on_segment: Callable[[Segment], None] | None = None) -> Transcription:
-        return pipeline.run(work.backend, pcm, options, chunks, label=request_id,
-                            progress=settings.PROGRESS, on_segment=on_segment)
+        result = pipeline.run(work.backend, pcm, options, chunks, label=request_id,
+                              progress=settings.PROGRESS, on_segment=on_segment)
+        metrics.audio_processed(result.duration)
+        return result
 
     headers = {"x-rapl-model": work.backend.model, "x-request-id": request_id}
     if stream:

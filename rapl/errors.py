@@ -55,7 +55,7 @@ def _from_http(exc: HTTPException) -> APIError:
                         code="method_not_allowed", headers=headers)
     if status == 404:
         return APIError("Unknown path. RAPL serves POST /v1/audio/transcriptions, "
-                        "POST /v1/audio/translations, GET /v1/models and GET /health.", 404,
+                        "POST /v1/audio/translations, GET /v1/models, GET /health and the web page at /.", 404,
                         code="not_found")
     return APIError(exc.description or exc.name, status, code=_HTTP_CODES.get(status))
 

@@ -74,7 +74,11 @@ class ModelWorker:
                                headers={"Retry-After": "1"})
             self._waiting += 1
             self._tickets += 1
-            return self.executor.submit(self._run, fn, self._tickets, time.monotonic(), connected)
+            try:
+                return self.executor.submit(self._run, fn, self._tickets, time.monotonic(), connected)
+            except RuntimeError:  # the executor was shut down: the server is stopping
+                self._waiting -= 1
+                raise APIError("The server is shutting down.", 503, code="shutting_down") from None
 
     def _run(self, fn: Callable[[], T], ticket: int, queued_at: float, connected: Callable[[], bool] | None) -> T:
         with self._lock:

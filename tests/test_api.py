@@ -218,3 +218,112 @@ def test_stream_error_is_raised_by_the_sdk(whisper_server: Server, jfk: Path) ->
         for _ in whisper_server.client().audio.transcriptions.create(model="whisper-1", file=f, stream=True,
                                                                       language="fr"):
             pass
+
+
+# --- hostile input: each answered in the envelope, and the server keeps working ----------------
+
+def _raw(server: Server, payload: bytes, timeout: float = 30) -> tuple[int, bytes]:
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(payload.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n", 1))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def _wav_with_lying_header(jfk_variants: dict[str, Path]) -> bytes:
+    import struct
+
+    data = bytearray(jfk_variants["wav16"].read_bytes())
+    struct.pack_into("<I", data, 4, 0x7FFFFFFF)
+    struct.pack_into("<I", data, data.index(b"data") + 4, 0x7FFFFFF0)  # promises 2 GB of samples
+    return bytes(data)
+
+
+HOSTILE = {
+    "zero-byte file": lambda v: {"files": {"file": ("a.wav", b"")}},
+    "random bytes named .wav": lambda v: {"files": {"file": ("a.wav", bytes(range(256)) * 97)}},
+    "text file": lambda v: {"files": {"file": ("notes.txt", b"Dear diary,\n" * 300, "text/plain")}},
+    "no file field": lambda v: {"data": {"model": "whisper-1"}, "files": {"other": ("x", b"y")}},
+    "path traversal filename": lambda v: {"files": {"file": ("../../etc/passwd", b"root:x:0:0::/root:/bin/sh\n")}},
+    "non-UTF-8 form values": lambda v: {"files": {"file": ("a.wav", b"x" * 10)},
+                                        "data": {"language": b"\xff\xfe\xfa".decode("latin-1")}},
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_uploads_get_4xx_in_the_envelope(whisper_server: Server, jfk_variants, case: str) -> None:
+    with whisper_server.http() as http:
+        resp = http.post("/v1/audio/transcriptions", **HOSTILE[case](jfk_variants))
+        assert 400 <= resp.status_code < 500, resp.text
+        assert set(resp.json()["error"]) == {"message", "type", "param", "code"}
+        good = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", jfk_variants["wav16"].read_bytes())})
+    assert good.status_code == 200 and "country" in good.json()["text"]
+
+
+def test_lying_wav_header_and_truncated_mp3_still_transcribe(whisper_server: Server, jfk_variants) -> None:
+    mp3 = jfk_variants["mp3"].read_bytes()
+    with whisper_server.http() as http:
+        lying = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", _wav_with_lying_header(jfk_variants))})
+        truncated = http.post("/v1/audio/transcriptions", files={"file": ("a.mp3", mp3[: len(mp3) * 2 // 3])})
+    assert lying.status_code == 200 and "country" in lying.json()["text"]
+    assert truncated.status_code == 200 and "fellow americans" in truncated.json()["text"].lower()
+
+
+def test_empty_body_and_malformed_multipart(whisper_server: Server) -> None:
+    empty = _raw(whisper_server, b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+                                 b"Content-Type: multipart/form-data; boundary=abc\r\nContent-Length: 0\r\n\r\n")
+    body = b"--wrong\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc\r\n--wrong"
+    malformed = _raw(whisper_server, b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Type: multipart/form-data; boundary=abc\r\n"
+                                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    no_boundary = _raw(whisper_server, b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+                                       b"Content-Type: multipart/form-data\r\n"
+                                       + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    import json
+
+    for status, payload in (empty, malformed, no_boundary):
+        assert status == 400
+        assert json.loads(payload)["error"]["param"] == "file"
+
+
+def test_upload_over_the_limit_is_413(serve, whisper_model: str) -> None:  # noqa: ANN001
+    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "MAX_UPLOAD_MB": "1"})
+    with server.http() as http:
+        resp = http.post("/v1/audio/transcriptions", files={"file": ("big.wav", b"\0" * (2 * 1024 * 1024))})
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "request_too_large"
+    # a huge declared Content-Length is refused before any body is sent
+    status, _ = _raw(server, b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: multipart/form-data; boundary=abc\r\n"
+                             b"Content-Length: 50000000000\r\n\r\n")
+    assert status == 413
+    assert server.worker.state == "ready"
+
+
+def test_decompression_bomb_is_bounded(serve, whisper_model: str, tmp_path: Path) -> None:  # noqa: ANN001
+    """Hours of silence compressed to almost nothing: refused by MAX_AUDIO_SECONDS, fast.
+
+    FLAC declares its length (6 hours, refused before decoding); Ogg/Opus does not (30 minutes,
+    decoding stops at the limit)."""
+    import subprocess
+    import time
+
+    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "MAX_AUDIO_SECONDS": "600"})
+    bombs = []
+    for ext, seconds, codec in (("flac", 21600, ["-c:a", "flac"]), ("ogg", 1800, ["-c:a", "libopus", "-b:a", "6k"])):
+        path = tmp_path / f"bomb.{ext}"
+        subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                        "anullsrc=r=8000:cl=mono", "-t", str(seconds), *codec, str(path)], check=True)
+        assert path.stat().st_size < 5_000_000  # megabytes that decode to hours
+        bombs.append(path)
+    with server.http() as http:
+        for path in bombs:
+            started = time.perf_counter()
+            resp = http.post("/v1/audio/transcriptions", files={"file": (path.name, path.read_bytes())})
+            assert resp.status_code == 413, resp.text
+            assert resp.json()["error"]["code"] == "audio_too_long"
+            assert time.perf_counter() - started < 60

@@ -29,9 +29,8 @@ try:
 except Exception as exc:  # an installed but broken MLX (no CPU build, missing library)
     pytest.skip(f"mlx-audio is not importable: {exc}", allow_module_level=True)
 
-from tiny_mlx import make_mlx_sensevoice, make_qwen3_asr  # noqa: E402
-
 from rapl.backends.mlx import MLXBackend, _segments, token_limit  # noqa: E402
+from tiny_mlx import make_mlx_sensevoice, make_qwen3_asr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 JFK = ROOT.parent / "shared" / "audio" / "en_jfk.flac"

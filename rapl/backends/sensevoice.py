@@ -1,0 +1,393 @@
+"""FunASR backend: SenseVoiceSmall, Paraformer, Fun-ASR-Nano and other FunASR ASR models.
+
+Everything that differs between model families lives in :data:`FAMILIES`, keyed by the
+``model:`` class name in the model's ``config.yaml``; the code below only reads it.
+FunASR and torch are imported in :meth:`SenseVoiceBackend.load`, never before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from config import Settings
+
+from .. import richtext
+from ..errors import APIError
+from ..languages import CODES
+from ..transcription import Options, Segment, Transcription, Word, join_text
+from . import OnSegment
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+PUNC_MODEL = "iic/punc_ct-transformer_cn-en-common-vocab471067-large"  # FunASR's "ct-punc"
+MAX_HOTWORDS = 50
+
+
+@dataclass(frozen=True)
+class Family:
+    """What RAPL needs to know about one FunASR model class."""
+
+    languages: Mapping[str, str] | None = None  # ISO code -> generate(language=...); None: any code
+    language_arg: str | None = "language"  # keyword for the language; None: not settable
+    auto_language: str | None = None  # the language value that asks for detection
+    rich_tags: bool = False  # writes SenseVoice <|lang|><|EMO|><|Event|><|itn|> tags
+    itn_arg: str | None = None  # keyword that takes the USE_ITN setting
+    needs_punctuation: bool = False  # writes no punctuation: add ct-punc when USE_ITN is on
+    timestamps: bool = False  # times its tokens when asked with output_timestamp=True
+    hotword_arg: str | None = None  # keyword the request's prompt goes to, as hotwords
+    hotwords_as_list: bool = False  # that keyword takes a list, not a space-separated string
+    script_language: bool = False  # zh/en model: tell the language from the script
+    generate_kwargs: Mapping[str, Any] = field(default_factory=dict)  # always passed
+
+
+def _same(codes: str) -> dict[str, str]:
+    return {code: code for code in codes.split()}
+
+
+_PARAFORMER = Family(languages=_same("zh en"), language_arg=None, needs_punctuation=True,
+                     timestamps=True, script_language=True)
+
+# The one table of model differences, keyed by config.yaml's `model:` (the FunASR class).
+FAMILIES: dict[str, Family] = {
+    "SenseVoiceSmall": Family(languages=_same("zh en yue ja ko"), auto_language="auto",
+                              rich_tags=True, itn_arg="use_itn", timestamps=True),
+    "Paraformer": _PARAFORMER,
+    "BiCifParaformer": _PARAFORMER,
+    "SeacoParaformer": replace(_PARAFORMER, hotword_arg="hotword"),
+    "ContextualParaformer": replace(_PARAFORMER, hotword_arg="hotword"),
+    "FunASRNano": Family(languages={"zh": "中文", "en": "英文", "ja": "日文"}, itn_arg="itn",
+                         timestamps=True, hotword_arg="hotwords", hotwords_as_list=True),
+}
+DEFAULT_FAMILY = Family()
+
+
+class SenseVoiceBackend:
+    """Any FunASR speech-recognition model, run in-process through ``funasr.AutoModel``."""
+
+    name = "sensevoice"
+    can_translate = False
+    segments_audio = False  # one segment per chunk: RAPL's VAD does the splitting
+
+    def __init__(self, settings: Settings) -> None:
+        """Remember the settings; nothing is imported or loaded yet."""
+        self.settings = settings
+        self.model = settings.model
+        self.model_class: str | None = None
+        self.family = DEFAULT_FAMILY
+        self.languages: frozenset[str] | None = None
+        self.can_time_words = False
+        self._auto: Any = None
+        self._torch: Any = None
+        self._punctuation = False
+        local = Path(self.model).expanduser()
+        if (local / "config.yaml").is_file():
+            self._set_family(read_model_class(local))
+
+    # -- loading ---------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Find the model (local dir or ModelScope cache, else download), load, warm up."""
+        import torch
+        from funasr import AutoModel
+
+        self._torch = torch
+        started = time.perf_counter()
+        path = resolve_model(self.model)
+        self._set_family(read_model_class(Path(path)))
+        device = pick_device(self.settings.DEVICE, torch)
+        threads = self.settings.THREADS or os.cpu_count() or 1
+        torch.set_num_threads(threads)
+        kwargs: dict[str, Any] = {
+            "model": path, "device": device, "ncpu": threads, "disable_update": True,
+            "disable_pbar": True, "disable_log": True, "log_level": self.settings.LOG_LEVEL,
+        }
+        punc = self._punctuation_model()
+        if punc:
+            kwargs["punc_model"] = punc
+        self._punctuation = bool(punc)
+        self._auto = AutoModel(**kwargs)
+        self._set_family(str(self._auto.kwargs.get("model") or self.model_class or "") or None)
+        log.info("loaded %s (%s) on %s with %d threads in %.1f s", self.model,
+                 self.model_class, device, threads, time.perf_counter() - started)
+        self._warm_up()
+
+    def _set_family(self, model_class: str | None) -> None:
+        if model_class and model_class not in FAMILIES and model_class != self.model_class:
+            log.warning("FunASR model class %s is not in RAPL's table: serving it without "
+                        "language, tag, timestamp or hotword support", model_class)
+        self.model_class = model_class
+        self.family = FAMILIES.get(model_class or "", DEFAULT_FAMILY)
+        languages = self.family.languages
+        self.languages = frozenset(languages) if languages is not None else None
+        self.can_time_words = self.family.timestamps
+
+    def _punctuation_model(self) -> str | None:
+        """ct-punc for families that write no punctuation, when USE_ITN is on.
+
+        Taken from the ModelScope cache; downloaded only when the model itself comes
+        from the hub, so a local model directory never makes RAPL go online.
+        """
+        if not (self.family.needs_punctuation and self.settings.USE_ITN):
+            return None
+        cached = cached_modelscope(PUNC_MODEL)
+        if cached:
+            return cached
+        if Path(self.model).expanduser().is_dir():
+            log.warning("%s writes no punctuation and %s is not in the ModelScope cache: "
+                        "the text will have none", self.model_class, PUNC_MODEL)
+            return None
+        try:
+            return resolve_model(PUNC_MODEL)
+        except Exception as exc:  # noqa: BLE001 - punctuation is optional
+            log.warning("could not get punctuation model %s: %s", PUNC_MODEL, exc)
+            return None
+
+    def _warm_up(self) -> None:
+        started = time.perf_counter()
+        noise = np.random.default_rng(0).normal(0.0, 1e-3, SAMPLE_RATE).astype(np.float32)
+        self._generate(noise, self.generate_kwargs(Options()))
+        log.info("warm-up took %.2f s", time.perf_counter() - started)
+
+    # -- transcription ---------------------------------------------------------------
+
+    def transcribe(self, audio: np.ndarray, options: Options, on_segment: OnSegment) -> Transcription:
+        """Transcribe 16 kHz mono float32 audio as one segment."""
+        if self._auto is None:
+            raise RuntimeError("SenseVoiceBackend.transcribe called before load()")
+        self.check_language(options.language)
+        audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
+        duration = len(audio) / SAMPLE_RATE
+        words_wanted = options.word_timestamps and self.can_time_words
+        result = self._run(audio, self.generate_kwargs(options, words_wanted), words_wanted)
+        segment, language = self._segment(result, duration, words_wanted)
+        language = language or options.language or self._script_language(segment.text)
+        segments = (segment,) if segment.text else ()
+        for done in segments:
+            on_segment(done)
+        return Transcription(text=segment.text, language=language, duration=duration,
+                             segments=segments, task=options.task)
+
+    def check_language(self, language: str | None) -> None:
+        """Raise APIError 400 for a language this model does not accept."""
+        if language is None or self.languages is None or language in self.languages:
+            return
+        accepted = ", ".join(sorted(self.languages))
+        raise APIError(f"Language {language!r} is not supported by {self.model}: use one of "
+                       f"{accepted}, or leave language out to detect it.", 400,
+                       param="language", code="unsupported_language")
+
+    def generate_kwargs(self, options: Options, words: bool = False) -> dict[str, Any]:
+        """The keyword arguments ``AutoModel.generate`` gets for ``options``."""
+        family = self.family
+        kwargs = dict(family.generate_kwargs)
+        language = (family.auto_language if options.language is None
+                    else (family.languages or {}).get(options.language))
+        if family.language_arg and language is not None:
+            kwargs[family.language_arg] = language
+        if family.itn_arg:
+            kwargs[family.itn_arg] = self.settings.USE_ITN
+        hotwords = hotwords_from_prompt(options.prompt) if family.hotword_arg else []
+        if family.hotword_arg and hotwords:
+            kwargs[family.hotword_arg] = hotwords if family.hotwords_as_list else " ".join(hotwords)
+        if words:
+            kwargs["output_timestamp"] = True
+        if self._punctuation:
+            kwargs["return_raw_text"] = True
+        return kwargs
+
+    def _run(self, audio: np.ndarray, kwargs: dict[str, Any], words: bool) -> dict[str, Any]:
+        if audio.size == 0:
+            return {"text": ""}
+        try:
+            return self._generate(audio, kwargs)
+        except Exception:
+            if not words:
+                raise
+            # FunASR's timestamp code fails on some outputs (e.g. SenseVoice words that
+            # re-tokenise differently): keep the text, drop the word times.
+            log.warning("FunASR failed to time words; transcribing without them", exc_info=True)
+            kwargs = {k: v for k, v in kwargs.items() if k != "output_timestamp"}
+            return self._generate(audio, kwargs)
+
+    def _generate(self, audio: np.ndarray, kwargs: dict[str, Any]) -> dict[str, Any]:
+        with self._torch.inference_mode():
+            results = self._auto.generate(input=audio, **kwargs)
+        return results[0] if results else {"text": ""}
+
+    def _segment(self, result: dict[str, Any], duration: float,
+                 words_wanted: bool) -> tuple[Segment, str | None]:
+        raw = str(result.get("text") or "")
+        extra: dict[str, Any] = {}
+        language = _result_language(result)
+        no_speech = 0.0
+        if self.family.rich_tags:
+            groups = richtext.parse(raw)
+            summary = richtext.merge(groups)
+            text = richtext.render(groups, self.settings.RICH_TEXT)
+            language = summary.language or language
+            extra = {"emotion": summary.emotion, "events": list(summary.events)}
+            no_speech = 1.0 if summary.no_speech and not summary.text else 0.0
+        else:  # Paraformer spaces out Chinese characters when it times them: undo that
+            text = join_text(richtext.strip_tags(raw).split())
+        words = tuple(replace(w, start=min(w.start, duration), end=min(w.end, duration))
+                      for w in (timed_words(result) if words_wanted else ())
+                      if not w.word.startswith("<|"))  # SenseVoice times its tags too
+        segment = Segment(start=0.0, end=duration, text=text, words=words, extra=extra,
+                          no_speech_prob=no_speech)
+        return segment, language
+
+    def _script_language(self, text: str) -> str | None:
+        """zh if the text has Chinese characters, else en (for zh/en models only)."""
+        if not (self.family.script_language and text.strip()):
+            return None
+        return "zh" if _HAN.search(text) else "en"
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_MODEL_LINE = re.compile(r"^model:\s*['\"]?([\w./-]+)", re.MULTILINE)
+
+
+def read_model_class(path: Path) -> str | None:
+    """The ``model:`` class name in ``path/config.yaml``, or None if there is none."""
+    try:
+        text = (path / "config.yaml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = _MODEL_LINE.search(text)
+    return match.group(1) if match else None
+
+
+def cached_modelscope(model_id: str) -> str | None:
+    """The local directory of ``model_id`` in the ModelScope cache, without network."""
+    from modelscope.hub.snapshot_download import snapshot_download
+
+    try:
+        return str(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        return None
+
+
+def resolve_model(model: str) -> str:
+    """A local directory for ``model``: itself, its ModelScope cache, or a fresh download.
+
+    ``model`` is a directory, a ModelScope id (``iic/SenseVoiceSmall``) or one of FunASR's
+    short names (``paraformer-zh``).
+    """
+    local = Path(model).expanduser()
+    if local.is_dir():
+        return str(local)
+    model_id = model
+    if "/" not in model:
+        from funasr.download.name_maps_from_hub import name_maps_ms
+
+        model_id = name_maps_ms.get(model, model)
+    cached = cached_modelscope(model_id)
+    if cached:
+        log.info("using %s from the ModelScope cache at %s (no network)", model_id, cached)
+        return cached
+    from modelscope.hub.snapshot_download import snapshot_download
+
+    log.info("downloading %s from ModelScope", model_id)
+    return str(snapshot_download(model_id))
+
+
+def pick_device(setting: str, torch: Any) -> str:
+    """DEVICE=auto -> cuda if available, else mps if available, else cpu."""
+    if setting != "auto":
+        return setting
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+_HOTWORD_SPLIT = re.compile(r"[\s,;，；、。]+")
+_HOTWORD_STRIP = "\"'.:!?()[]{}“”‘’《》「」"
+
+
+def hotwords_from_prompt(prompt: str | None) -> list[str]:
+    """Hotwords from a prompt: its words, de-duplicated, at most MAX_HOTWORDS.
+
+    Words FunASR would treat as a URL or a file (``http...``, ``*.txt``) are dropped, so
+    a prompt can never make the server fetch or read anything.
+    """
+    if not prompt:
+        return []
+    words = []
+    for word in _HOTWORD_SPLIT.split(prompt):
+        word = word.strip(_HOTWORD_STRIP)
+        lower = word.lower()
+        if word and not lower.startswith("http") and not lower.endswith(".txt") and "/" not in word:
+            words.append(word)
+    return list(dict.fromkeys(words))[:MAX_HOTWORDS]
+
+
+def timed_words(result: dict[str, Any]) -> tuple[Word, ...]:
+    """Words with times (seconds) from a FunASR result, in any of its timestamp shapes."""
+    tokens = result.get("timestamps")  # Fun-ASR-Nano
+    if isinstance(tokens, list) and tokens and isinstance(tokens[0], dict):
+        return _words_from_dicts(tokens)
+    stamps = result.get("timestamp")  # SenseVoice, Paraformer: [[start_ms, end_ms], ...]
+    if not isinstance(stamps, list) or not stamps:
+        return ()
+    words = result.get("words")
+    if not (isinstance(words, list) and len(words) == len(stamps)):
+        words = _units(str(result.get("raw_text") or result.get("text") or ""))
+    if len(words) != len(stamps):
+        log.debug("%d timestamps for %d words: dropping word times", len(stamps), len(words))
+        return ()
+    out = []
+    for word, (start, end, *_rest) in zip(words, stamps, strict=True):
+        word = str(word).replace("▁", " ").strip()
+        if any(ch.isalnum() for ch in word):  # punctuation is not a word
+            out.append(Word(word=word, start=start / 1000.0, end=end / 1000.0))
+    return tuple(out)
+
+
+_UNIT = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\s\u3400-\u9fff\uf900-\ufaff]+")
+
+
+def _units(text: str) -> list[str]:
+    """Paraformer's timestamp units: each CJK character, and each other word."""
+    text = richtext.strip_tags(text)
+    return _UNIT.findall(text)
+
+
+def _words_from_dicts(stamps: list[dict[str, Any]]) -> tuple[Word, ...]:
+    """Fun-ASR-Nano's token times ({token, start_time, end_time} in seconds) as words."""
+    words: list[Word] = []
+    for item in stamps:
+        token = str(item.get("token", "")).replace("▁", " ")
+        start, end = float(item.get("start_time", 0.0)), float(item.get("end_time", 0.0))
+        piece = token.strip()
+        if not piece:
+            continue
+        joins = words and not token[:1].isspace() and not _HAN.match(piece[0]) \
+            and not _HAN.match(words[-1].word[-1])
+        if joins:
+            words[-1] = replace(words[-1], word=words[-1].word + piece, end=end)
+        else:
+            words.append(Word(word=piece, start=start, end=end))
+    return tuple(words)
+
+
+def _result_language(result: dict[str, Any]) -> str | None:
+    """A language a model reports itself ("Chinese", "en", ...), as an ISO code."""
+    value = str(result.get("language") or "").strip().lower()
+    if not value:
+        return None
+    return value if value in CODES.values() else CODES.get(value)

@@ -1,0 +1,140 @@
+"""Prometheus metrics: request counts and latency, queue depth, audio processed, model state.
+
+Each app gets its own :class:`Metrics` with its own CollectorRegistry (nothing is registered
+in prometheus_client's global registry), so several apps can live in one process::
+
+    metrics = Metrics(queue_depth=lambda: worker.queue_depth,
+                      model_loaded=lambda: worker.state == "ready")
+    register(app, metrics)   # GET /metrics, and every request counted and timed
+
+Code that transcribes calls ``metrics_of(current_app).audio_processed(seconds)``; it is a
+no-op on an app without metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+# Seconds: health checks take milliseconds, transcriptions of long recordings minutes.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                   300.0, 600.0, 1800.0, math.inf)
+EXTENSION = "rapl.metrics"
+
+
+class Metrics:
+    """The metrics of one RAPL app, in a registry of its own."""
+
+    def __init__(self, queue_depth: Callable[[], float] | None = None,
+                 model_loaded: Callable[[], bool] | None = None,
+                 info: Mapping[str, str] | None = None,
+                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("rapl_requests", "HTTP requests answered, by endpoint and status code.",
+                                ("endpoint", "status"), registry=self.registry)
+        self.latency = Histogram("rapl_request_duration_seconds",
+                                 "Time from receiving a request to answering it (streams: to their end).",
+                                 ("endpoint",), buckets=buckets, registry=self.registry)
+        self.audio = Counter("rapl_audio_seconds", "Seconds of audio transcribed.", registry=self.registry)
+        self.queue = Gauge("rapl_queue_depth", "Requests waiting for the model (not counting the running one).",
+                           registry=self.registry)
+        self.loaded = Gauge("rapl_model_loaded", "1 when the model is loaded and ready, else 0.",
+                            registry=self.registry)
+        if queue_depth is not None:
+            self.queue.set_function(_safe(lambda: float(queue_depth())))
+        if model_loaded is not None:
+            self.loaded.set_function(_safe(lambda: 1.0 if model_loaded() else 0.0))
+        if info:
+            Info("rapl", "The backend and model this server runs.", registry=self.registry).info(dict(info))
+
+    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count one answered request and record how long it took."""
+        self.requests.labels(endpoint=endpoint, status=str(status)).inc()
+        self.latency.labels(endpoint=endpoint).observe(max(0.0, seconds))
+
+    def audio_processed(self, seconds: float) -> None:
+        """Add the duration of a transcribed recording."""
+        if seconds > 0:
+            self.audio.inc(seconds)
+
+    def render(self) -> bytes:
+        """Every metric in the Prometheus text exposition format."""
+        return generate_latest(self.registry)
+
+
+class _NullMetrics:
+    """What metrics_of() gives an app without metrics: every call does nothing."""
+
+    def request_done(self, endpoint: str, status: int, seconds: float) -> None:
+        """Do nothing."""
+
+    def audio_processed(self, seconds: float) -> None:
+        """Do nothing."""
+
+
+NULL = _NullMetrics()
+
+
+def metrics_of(app: Flask) -> Metrics | _NullMetrics:
+    """The app's Metrics, or a do-nothing stand-in when none was registered."""
+    return app.extensions.get(EXTENSION, NULL)
+
+
+def _safe(fn: Callable[[], float]) -> Callable[[], float]:
+    def read() -> float:
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - a broken callback must not break the scrape
+            return math.nan
+
+    return read
+
+
+def register(app: Flask, metrics: Metrics, path: str = "/metrics", track_requests: bool = True) -> None:
+    """Serve ``GET path`` from ``metrics`` and, with ``track_requests``, count and time every request.
+
+    Requests are labelled by their URL rule (``/v1/audio/transcriptions``, ``/health``, ...;
+    ``unmatched`` for unknown paths); scrapes of ``path`` itself are not counted. A streamed
+    response (Server-Sent Events) is timed to its end, when the server closes it. The app's
+    API_KEY, if any, guards ``path`` like the other closed endpoints (rapl.auth).
+    """
+    app.extensions[EXTENSION] = metrics
+    blueprint = Blueprint("metrics", __name__)
+
+    @blueprint.get(path)
+    def _metrics() -> Response:
+        return Response(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+    app.register_blueprint(blueprint)
+    if not track_requests:
+        return
+
+    def _start() -> None:
+        g.rapl_metrics_started = time.perf_counter()
+
+    def _done(response: Response) -> Response:
+        started = g.get("rapl_metrics_started")
+        if started is None or request.path == path:
+            return response
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        status = response.status_code
+
+        def record() -> None:
+            metrics.request_done(endpoint, status, time.perf_counter() - started)
+
+        if response.mimetype == "text/event-stream":
+            response.call_on_close(record)  # time the whole stream, not just its headers
+        else:
+            record()
+        return response
+
+    # First of the before_request hooks, so requests that another hook refuses (401) are timed too.
+    app.before_request_funcs.setdefault(None, []).insert(0, _start)
+    app.after_request(_done)
+
+
+__all__ = ["LATENCY_BUCKETS", "Metrics", "metrics_of", "register"]

@@ -1,0 +1,501 @@
+"""The FunASR backend on tiny SenseVoiceSmall and Paraformer models, through FunASR's real
+AutoModel, with the network blocked.
+
+The tiny models (tests/tiny_funasr.py) ignore the sound and answer a known text: SenseVoice
+says "<|lang|><|NEUTRAL|><|Speech|><|withitn or woitn|> hello world hello ..." for the
+requested language (auto answers en), switching word every 0.6 s; the Paraformer says
+"hello"/"world" about four times a second.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from config import Settings
+from rapl.backends import Backend, create
+from rapl.backends.sensevoice import (
+    FAMILIES,
+    PUNC_MODEL,
+    SenseVoiceBackend,
+    hotwords_from_prompt,
+    pick_device,
+    read_model_class,
+    timed_words,
+)
+from rapl.errors import APIError
+from rapl.transcription import Options, Segment
+from tiny_funasr import make_paraformer, make_sensevoice
+
+ROOT = Path(__file__).resolve().parents[1]
+SENSEVOICE_LANGUAGES = ("zh", "en", "yue", "ja", "ko")
+WORDS = re.compile(r"^(hello|world)( (hello|world))*$")
+TWO_SECONDS = np.random.default_rng(1).normal(0.0, 0.05, 32000).astype(np.float32)
+
+
+# -- fixtures (module-local for now) ---------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_sensevoice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SenseVoiceSmall directory in the real hub layout."""
+    return make_sensevoice(tmp_path_factory.mktemp("tiny") / "SenseVoiceSmall")
+
+
+@pytest.fixture(scope="session")
+def tiny_paraformer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Paraformer directory in the real hub layout."""
+    return make_paraformer(tmp_path_factory.mktemp("tiny") / "paraformer")
+
+
+@pytest.fixture(scope="module")
+def offline() -> Iterator[list[Any]]:
+    """Block every outgoing connection and DNS lookup; yields the attempts made."""
+    attempts: list[Any] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(args[1:] or args)
+        raise OSError("network access is blocked in this test")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket.socket, "connect_ex", refuse)
+        patch.setattr(socket, "getaddrinfo", refuse)
+        yield attempts
+    assert attempts == [], f"something tried the network: {attempts}"
+
+
+@pytest.fixture(scope="module")
+def backend(offline: list[Any], tiny_sensevoice: Path) -> Callable[..., SenseVoiceBackend]:
+    """Factory: a loaded backend on the tiny SenseVoice for settings overrides (cached)."""
+    loaded: dict[tuple[tuple[str, str], ...], SenseVoiceBackend] = {}
+
+    def get(model: Path = tiny_sensevoice, **overrides: str) -> SenseVoiceBackend:
+        key = tuple(sorted({"LOCAL_MODEL": str(model), **overrides}.items()))
+        if key not in loaded:
+            settings = Settings.load({"ENV_FILE": "", "LOCAL_MODEL": str(model), "THREADS": "1",
+                                      **overrides}, environ={})
+            instance = SenseVoiceBackend(settings)
+            instance.load()
+            loaded[key] = instance
+        return loaded[key]
+
+    return get
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> Callable[[SenseVoiceBackend], list[dict[str, Any]]]:
+    """spy(backend): record every AutoModel.generate call's keyword arguments."""
+
+    def attach(instance: SenseVoiceBackend) -> list[dict[str, Any]]:
+        calls: list[dict[str, Any]] = []
+        real = instance._auto.generate
+
+        def generate(input: Any, **kwargs: Any) -> Any:
+            calls.append(kwargs)
+            return real(input=input, **kwargs)
+
+        monkeypatch.setattr(instance._auto, "generate", generate)
+        return calls
+
+    return attach
+
+
+def fake_output(monkeypatch: pytest.MonkeyPatch, instance: SenseVoiceBackend, text: str) -> None:
+    """Make the model answer ``text`` (SenseVoice's raw output) without running it."""
+    monkeypatch.setattr(instance._auto, "generate",
+                        lambda input, **kwargs: [{"key": "rand_key_x", "text": text}])
+
+
+def run(instance: SenseVoiceBackend, audio: np.ndarray = TWO_SECONDS,
+        **options: Any) -> tuple[Any, list[Segment]]:
+    done: list[Segment] = []
+    return instance.transcribe(audio, Options(**options), done.append), done
+
+
+# -- construction and loading ------------------------------------------------------------------
+
+def test_constructor_imports_neither_funasr_nor_torch(tiny_sensevoice: Path):
+    code = (
+        "import sys\n"
+        "from config import Settings\n"
+        "from rapl.backends import create\n"
+        f"b = create(Settings.load({{'LOCAL_MODEL': {str(tiny_sensevoice)!r}}}, environ={{}}))\n"
+        "heavy = sorted(m for m in ('funasr', 'torch', 'modelscope') if m in sys.modules)\n"
+        "print(heavy, b.name, b.model_class, sorted(b.languages), b.can_time_words)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=120).stdout.strip()
+    assert out == "[] sensevoice SenseVoiceSmall ['en', 'ja', 'ko', 'yue', 'zh'] True"
+
+
+def test_registry_builds_this_backend():
+    settings = Settings.load({"BACKEND": "sensevoice"}, environ={})
+    instance = create(settings)
+    assert isinstance(instance, SenseVoiceBackend)
+    assert (instance.name, instance.model, instance.can_translate) == ("sensevoice", "iic/SenseVoiceSmall",
+                                                                       False)
+    assert instance.segments_audio is False  # one segment per chunk
+    for attribute in Backend.__annotations__:
+        assert hasattr(instance, attribute), attribute
+
+
+def test_tiny_sensevoice_is_the_real_layout(tiny_sensevoice: Path):
+    files = {p.name: p.stat().st_size for p in tiny_sensevoice.iterdir()}
+    assert set(files) == {"config.yaml", "configuration.json", "model.pt", "am.mvn",
+                          "chn_jpn_yue_eng_ko_spectok.bpe.model"}
+    assert sum(files.values()) < 2_000_000
+    metas = json.loads((tiny_sensevoice / "configuration.json").read_text())["file_path_metas"]
+    assert metas["tokenizer_conf"]["bpemodel"] == "chn_jpn_yue_eng_ko_spectok.bpe.model"
+    assert read_model_class(tiny_sensevoice) == "SenseVoiceSmall"
+
+
+def test_loads_offline_through_automodel(backend, offline, tiny_sensevoice: Path):
+    from funasr import AutoModel
+
+    instance = backend()
+    assert isinstance(instance._auto, AutoModel)
+    assert instance.model == str(tiny_sensevoice)
+    assert instance.model_class == "SenseVoiceSmall"
+    assert instance.languages == frozenset(SENSEVOICE_LANGUAGES)
+    assert instance.can_time_words and not instance.can_translate
+    assert offline == []
+
+
+def test_threads_setting_holds_after_generate(backend):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        instance = backend()
+        run(instance)  # AutoModel.generate resets torch's threads to its own ncpu
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+# -- transcription -------------------------------------------------------------------------------
+
+def test_plain_text_has_no_tags(backend):
+    result, done = run(backend())
+    assert result.text == "hello world hello world"
+    assert "<|" not in result.text
+    assert result.language == "en" and result.duration == 2.0
+    (segment,) = result.segments
+    assert done == [segment]
+    assert (segment.start, segment.end, segment.text) == (0.0, 2.0, result.text)
+    assert segment.extra == {"emotion": "neutral", "events": ["speech"]}
+    assert segment.words == ()
+
+
+def test_tags_mode_keeps_the_raw_output(backend):
+    result, _ = run(backend(RICH_TEXT="tags"))
+    assert result.text == "<|en|><|NEUTRAL|><|Speech|><|withitn|> hello world hello world"
+    assert result.segments[0].extra == {"emotion": "neutral", "events": ["speech"]}
+
+
+def test_emoji_mode(backend, monkeypatch):
+    instance = backend(RICH_TEXT="emoji")
+    assert run(instance)[0].text == "hello world hello world"  # neutral speech: no emoji
+    fake_output(monkeypatch, instance, "<|en|><|HAPPY|><|Laughter|><|woitn|>ha ha that is funny")
+    result, _ = run(instance)
+    assert result.text == "😀ha ha that is funny😊"
+    assert result.segments[0].extra == {"emotion": "happy", "events": ["laughter"]}
+
+
+def test_each_mode_on_a_rich_output(backend, monkeypatch):
+    raw = ("<|zh|><|ANGRY|><|Applause|><|woitn|>我起飞前没有扫二维码 "
+           "<|en|><|NEUTRAL|><|Speech|><|woitn|>okay")
+    expected = {"plain": "我起飞前没有扫二维码 okay", "emoji": "👏我起飞前没有扫二维码😡 okay", "tags": raw}
+    for mode, text in expected.items():
+        instance = backend(RICH_TEXT=mode)
+        fake_output(monkeypatch, instance, raw)
+        result, _ = run(instance)
+        assert result.text == text, mode
+        assert result.language == "zh"
+        assert result.segments[0].extra == {"emotion": "angry", "events": ["applause", "speech"]}
+
+
+@pytest.mark.parametrize(("itn", "tag"), [("true", "<|withitn|>"), ("false", "<|woitn|>")])
+def test_use_itn_reaches_the_model(backend, spy, itn, tag):
+    instance = backend(RICH_TEXT="tags", USE_ITN=itn)
+    calls = spy(instance)
+    result, _ = run(instance)
+    assert calls[-1]["use_itn"] is (itn == "true")
+    assert tag in result.text
+
+
+@pytest.mark.parametrize("code", SENSEVOICE_LANGUAGES)
+def test_each_language_code_is_accepted(backend, spy, code):
+    instance = backend(RICH_TEXT="tags")
+    calls = spy(instance)
+    result, _ = run(instance, language=code)
+    assert calls[-1]["language"] == code
+    assert result.language == code
+    assert result.text.startswith(f"<|{code}|><|NEUTRAL|>")
+
+
+def test_auto_language_is_detected(backend, spy):
+    instance = backend()
+    calls = spy(instance)
+    result, _ = run(instance, language=None)
+    assert calls[-1]["language"] == "auto"
+    assert result.language == "en"
+
+
+@pytest.mark.parametrize("code", ["fr", "de", "klingon"])
+def test_unknown_language_is_400(backend, code):
+    with pytest.raises(APIError) as caught:
+        run(backend(), language=code)
+    error = caught.value
+    assert (error.status, error.param, error.code) == (400, "language", "unsupported_language")
+    assert "en, ja, ko, yue, zh" in error.message and repr(code) in error.message
+
+
+def test_word_timestamps(backend, spy):
+    instance = backend()
+    calls = spy(instance)
+    result, _ = run(instance, word_timestamps=True)
+    assert calls[-1]["output_timestamp"] is True
+    words = result.words
+    assert [w.word for w in words] == ["hello", "world", "hello", "world"]
+    assert all(0.0 <= w.start < w.end <= 2.0 for w in words)
+    assert all(a.end <= b.start for a, b in zip(words, words[1:], strict=False))
+    assert words[1].start == pytest.approx(0.27, abs=0.07)  # the second word starts near 0.3 s
+
+
+def test_no_timestamps_unless_asked(backend, spy):
+    instance = backend()
+    calls = spy(instance)
+    result, _ = run(instance)
+    assert "output_timestamp" not in calls[-1] and result.words == ()
+
+
+def test_failed_word_timing_keeps_the_text(backend, monkeypatch, caplog):
+    instance = backend()
+    real = instance._auto.generate
+
+    def generate(input: Any, **kwargs: Any) -> Any:
+        if kwargs.get("output_timestamp"):  # FunASR's known IndexError on some outputs
+            raise IndexError("list index out of range")
+        return real(input=input, **kwargs)
+
+    monkeypatch.setattr(instance._auto, "generate", generate)
+    with caplog.at_level(logging.WARNING, logger="rapl.backends.sensevoice"):
+        result, _ = run(instance, word_timestamps=True)
+    assert result.text == "hello world hello world" and result.words == ()
+    assert "failed to time words" in caplog.text
+
+
+def test_prompt_is_not_passed_to_sensevoice(backend, spy):
+    instance = backend()
+    calls = spy(instance)
+    run(instance, prompt="Kubernetes gRPC")
+    assert set(calls[-1]) == {"language", "use_itn"}
+
+
+@pytest.mark.parametrize(("mode", "text"), [("plain", ""), ("emoji", "🎼"),
+                                            ("tags", "<|nospeech|><|EMO_UNKNOWN|><|BGM|><|woitn|>")])
+def test_event_only_output(backend, monkeypatch, mode, text):
+    instance = backend(RICH_TEXT=mode)
+    fake_output(monkeypatch, instance, "<|nospeech|><|EMO_UNKNOWN|><|BGM|><|woitn|>")
+    result, done = run(instance)
+    assert result.text == text and result.language is None
+    if text:
+        (segment,) = done
+        assert segment.extra == {"emotion": "unknown", "events": ["bgm"]}
+        assert segment.no_speech_prob == 1.0
+    else:
+        assert done == [] and result.segments == ()
+
+
+def test_requested_language_is_kept_when_nothing_is_said(backend, monkeypatch):
+    instance = backend()
+    fake_output(monkeypatch, instance, "<|nospeech|><|EMO_UNKNOWN|><|Event_UNK|><|woitn|>")
+    assert run(instance, language="ja")[0].language == "ja"
+
+
+def test_empty_and_tiny_audio(backend, spy):
+    instance = backend()
+    calls = spy(instance)
+    result, done = run(instance, np.zeros(0, np.float32))
+    assert (result.text, result.duration, result.segments, done, calls) == ("", 0.0, (), [], [])
+    result, _ = run(instance, np.zeros(800, np.float32))  # 50 ms
+    assert result.duration == 0.05
+
+
+def test_float64_and_2d_audio_are_accepted(backend):
+    result, _ = run(backend(), TWO_SECONDS.astype(np.float64)[None, :])
+    assert result.text == "hello world hello world"
+
+
+def test_generation_is_fast(backend):
+    import time
+
+    instance = backend()
+    started = time.perf_counter()
+    run(instance, np.zeros(16000 * 10, np.float32))
+    assert time.perf_counter() - started < 3.0
+
+
+# -- Paraformer through the same class ---------------------------------------------------------
+
+def test_paraformer_loads_and_serves(backend, spy, tiny_paraformer: Path, caplog):
+    with caplog.at_level(logging.WARNING, logger="rapl.backends.sensevoice"):
+        instance = backend(tiny_paraformer)
+    assert instance.model_class == "Paraformer"
+    assert instance.languages == frozenset({"zh", "en"}) and instance.can_time_words
+    if not _cached(PUNC_MODEL):
+        assert "writes no punctuation" in caplog.text
+    calls = spy(instance)
+    result, done = run(instance, word_timestamps=True)
+    assert WORDS.match(result.text), result.text
+    assert result.language == "en"  # told from the script
+    assert calls[-1] == {"output_timestamp": True}  # no language, ITN or hotword arguments
+    (segment,) = done
+    assert segment.extra == {}
+    words = segment.words
+    assert " ".join(w.word for w in words) == result.text
+    assert all(0.0 <= w.start < w.end <= 2.0 for w in words)
+    assert all(a.start < b.start for a, b in zip(words, words[1:], strict=False))
+
+
+def test_paraformer_accepts_zh_and_en_only(backend, tiny_paraformer: Path, spy):
+    instance = backend(tiny_paraformer)
+    calls = spy(instance)
+    assert run(instance, language="zh")[0].language == "zh"
+    assert "language" not in calls[-1]
+    with pytest.raises(APIError, match="en, zh"):
+        run(instance, language="ja")
+
+
+def test_paraformer_chinese_is_not_spaced_out(backend, tiny_paraformer: Path, monkeypatch):
+    instance = backend(tiny_paraformer)
+    monkeypatch.setattr(instance._auto, "generate", lambda input, **kwargs: [
+        {"key": "k", "text": "你 好 hello world", "timestamp": [[0, 100], [100, 200], [200, 400], [400, 600]]}])
+    result, _ = run(instance, word_timestamps=True)
+    assert result.text == "你好 hello world" and result.language == "zh"
+    assert [(w.word, w.end) for w in result.words] == [("你", 0.1), ("好", 0.2), ("hello", 0.4),
+                                                       ("world", 0.6)]
+
+
+def test_paraformer_very_short_audio(backend, tiny_paraformer: Path):
+    result, done = run(backend(tiny_paraformer), np.zeros(1600, np.float32))
+    assert result.text == "" and done == []
+
+
+# -- the table and helpers -------------------------------------------------------------------------
+
+def _family_backend(model_class: str, **overrides: str) -> SenseVoiceBackend:
+    instance = SenseVoiceBackend(Settings.load({"LOCAL_MODEL": "/nonexistent", **overrides}, environ={}))
+    instance._set_family(model_class)
+    return instance
+
+
+def test_hotwords_go_where_each_family_takes_them():
+    prompt = "阿里巴巴, 达摩院 and FunASR"
+    seaco = _family_backend("SeacoParaformer")
+    assert seaco.generate_kwargs(Options(prompt=prompt)) == {"hotword": "阿里巴巴 达摩院 and FunASR"}
+    nano = _family_backend("FunASRNano", USE_ITN="false")
+    assert nano.generate_kwargs(Options(prompt=prompt, language="zh")) == {
+        "language": "中文", "itn": False, "hotwords": ["阿里巴巴", "达摩院", "and", "FunASR"]}
+    assert nano.generate_kwargs(Options()) == {"itn": False}
+    assert _family_backend("SenseVoiceSmall").generate_kwargs(Options(prompt=prompt)) == {
+        "language": "auto", "use_itn": True}
+
+
+def test_unknown_class_gets_the_default_family(caplog):
+    with caplog.at_level(logging.WARNING, logger="rapl.backends.sensevoice"):
+        instance = _family_backend("SomeNewASR")
+    assert "SomeNewASR is not in RAPL's table" in caplog.text
+    assert instance.languages is None and not instance.can_time_words
+    instance.check_language("fr")  # any code: the model is not told
+    assert instance.generate_kwargs(Options(language="fr", prompt="x")) == {}
+
+
+def test_every_family_is_consistent():
+    for name, family in FAMILIES.items():
+        if family.auto_language is not None:
+            assert family.languages, name
+        assert not family.hotwords_as_list or family.hotword_arg, name
+
+
+def test_hotwords_never_name_a_url_or_file():
+    prompt = "Kubernetes, gRPC https://example.com/hot.txt /etc/passwd words.txt HTTP://x gRPC"
+    assert hotwords_from_prompt(prompt) == ["Kubernetes", "gRPC"]
+    assert hotwords_from_prompt(" ".join(f"w{i}" for i in range(80)))[-1] == "w49"
+    assert hotwords_from_prompt(None) == hotwords_from_prompt("") == []
+
+
+def _torch(cuda: bool, mps: bool) -> Any:
+    return SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: cuda),
+                           backends=SimpleNamespace(mps=SimpleNamespace(is_available=lambda: mps)))
+
+
+@pytest.mark.parametrize(("setting", "cuda", "mps", "device"), [
+    ("auto", True, True, "cuda"), ("auto", False, True, "mps"), ("auto", False, False, "cpu"),
+    ("cpu", True, True, "cpu"), ("cuda:1", True, False, "cuda:1"), ("mps", False, True, "mps"),
+])
+def test_pick_device(setting, cuda, mps, device):
+    assert pick_device(setting, _torch(cuda, mps)) == device
+
+
+def test_timed_words_shapes():
+    # SenseVoice: words beside their times (the first keeps SentencePiece's "▁").
+    sense = {"text": "x", "timestamp": [[0, 270], [270, 870]], "words": ["▁hello", "world"]}
+    assert [(w.word, w.start, w.end) for w in timed_words(sense)] == [("hello", 0.0, 0.27),
+                                                                       ("world", 0.27, 0.87)]
+    # Paraformer: one time per Chinese character or English word of the text.
+    para = {"text": "你好 hello", "timestamp": [[100, 200], [200, 300], [300, 600]]}
+    assert [w.word for w in timed_words(para)] == ["你", "好", "hello"]
+    assert timed_words({"text": "a b", "timestamp": [[0, 1]]}) == ()  # mismatch: no words
+    itn = {"text": "x", "timestamp": [[0, 1], [1, 2], [2, 3]], "words": ["▁Hello", ",", "world"]}
+    assert [w.word for w in timed_words(itn)] == ["Hello", "world"]  # punctuation is no word
+    # Fun-ASR-Nano: token dicts in seconds.
+    nano = {"text": "hello world", "timestamps": [
+        {"token": "hel", "start_time": 0.0, "end_time": 0.1},
+        {"token": "lo", "start_time": 0.1, "end_time": 0.2},
+        {"token": " world", "start_time": 0.3, "end_time": 0.5}]}
+    assert [(w.word, w.start, w.end) for w in timed_words(nano)] == [("hello", 0.0, 0.2),
+                                                                      ("world", 0.3, 0.5)]
+
+
+def _cached(model_id: str) -> bool:
+    from rapl.backends.sensevoice import cached_modelscope
+
+    return cached_modelscope(model_id) is not None
+
+
+def test_modelscope_id_is_found_in_the_cache_offline(tiny_sensevoice: Path, tmp_path: Path):
+    """LOCAL_MODEL=iic/SenseVoiceSmall, cached: resolved to the cached directory, no network.
+
+    (ModelScope reads MODELSCOPE_CACHE once, at import: hence the subprocess.)
+    """
+    cache = tmp_path / "modelscope"
+    cached = cache / "models" / "iic" / "SenseVoiceSmall"  # ModelScope's layout up to 1.37
+    shutil.copytree(tiny_sensevoice, cached)
+    code = (
+        "import socket, sys\n"
+        "def refuse(*a, **k): raise OSError('network blocked')\n"
+        "socket.socket.connect = refuse\n"
+        "socket.getaddrinfo = refuse\n"
+        "from rapl.backends.sensevoice import resolve_model\n"
+        "print(resolve_model('iic/SenseVoiceSmall'), 'funasr' in sys.modules)\n"
+    )
+    env = {**os.environ, "MODELSCOPE_CACHE": str(cache)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == f"{cached} False"
