@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import audio, formats, languages, openapi, pipeline
 from .errors import APIError
@@ -100,6 +100,8 @@ def _options(task: str, words: bool) -> Options:
 def _handle(task: str) -> Response:
     started = time.perf_counter()
     request_id = uuid.uuid4().hex[:12]
+    stats: dict[str, Any] = {"id": request_id, "task": task}
+    g.rapl_stats = stats
     response_format = _response_format()
     words = "word" in _granularities(response_format)
     options = _options(task, words)
@@ -107,6 +109,7 @@ def _handle(task: str) -> Response:
     work = worker()
     settings = current_app.config["RAPL_SETTINGS"]
     pcm = audio.decode(_upload(), settings.MAX_AUDIO_SECONDS)
+    stats.update(audio=audio.duration(pcm), decode=time.perf_counter() - started)
     work.loaded.result()  # requests that arrive while the model loads wait for it
     if work.state == "failed":
         raise work.unavailable()
@@ -116,21 +119,50 @@ def _handle(task: str) -> Response:
                                  merge_seconds=STREAM_CHUNK_SECONDS if stream else None)
     connected = request.environ.get("waitress.client_disconnected")
     is_connected = (lambda: not connected()) if callable(connected) else None
-
     metrics = metrics_of(current_app)
+    queued = time.perf_counter()
 
     def job(on_segment: Callable[[Segment], None] | None = None) -> Transcription:
+        begun = time.perf_counter()
+        stats["wait"] = begun - queued
         result = pipeline.run(work.backend, pcm, options, chunks, label=request_id,
                               progress=settings.PROGRESS, on_segment=on_segment)
+        stats["inference"] = time.perf_counter() - begun
         metrics.audio_processed(result.duration)
         return result
 
     headers = {"x-rapl-model": work.backend.model, "x-request-id": request_id}
     if stream:
-        return _streaming(work, job, headers, is_connected)
+        stats["stream"] = True
+        return _streaming(work, job, headers, is_connected, stats)
     result = work.submit(job, is_connected).result() if chunks else job()
     headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
     return _respond(result, response_format, words, headers)
+
+
+@bp.after_request
+def _log_request(response: Response) -> Response:
+    """One structured line per transcription request (streams log theirs when they end)."""
+    stats = g.get("rapl_stats")
+    if stats is not None and not stats.get("stream"):
+        stats["total"] = time.perf_counter() - g.rapl_started
+        log_request(stats, response.status_code)
+    return response
+
+
+@bp.before_request
+def _start_clock() -> None:
+    g.rapl_started = time.perf_counter()
+
+
+def log_request(stats: dict[str, Any], status: int) -> None:
+    """Log ``stats`` as one key=value line: id, audio seconds, decode, queue wait, inference, RTF, status."""
+    audio_s = stats.get("audio", 0.0)
+    inference = stats.get("inference", 0.0)
+    rtf = inference / audio_s if audio_s else 0.0
+    log.info("request id=%s task=%s status=%d audio_s=%.2f decode_s=%.3f wait_s=%.3f inference_s=%.3f "
+             "rtf=%.3f total_s=%.3f", stats.get("id"), stats.get("task"), status, audio_s, stats.get("decode", 0.0),
+             stats.get("wait", 0.0), inference, rtf, stats.get("total", 0.0))
 
 
 def _respond(result: Transcription, response_format: str, words: bool, headers: dict[str, str]) -> Response:
@@ -148,7 +180,7 @@ def _sse(event: dict[str, Any]) -> bytes:
 
 
 def _streaming(work: ModelWorker, job: Callable[..., Transcription], headers: dict[str, str],
-               is_connected: Callable[[], bool] | None) -> Response:
+               is_connected: Callable[[], bool] | None, stats: dict[str, Any]) -> Response:
     """Server-Sent Events as OpenAI sends them: text deltas per segment, then the whole text."""
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
@@ -158,7 +190,21 @@ def _streaming(work: ModelWorker, job: Callable[..., Transcription], headers: di
     future = work.submit(lambda: job(on_segment), is_connected)
     future.add_done_callback(lambda f: events.put(("done", f)))
 
+    started = time.perf_counter()
+
     def generate() -> Iterator[bytes]:
+        try:
+            yield from events_of()
+        finally:
+            stats["total"] = time.perf_counter() - started + stats.get("decode", 0.0)
+            if not future.done():
+                status = 499  # the client went away mid-stream
+            else:
+                error = future.exception()
+                status = error.status if isinstance(error, APIError) else 500 if error else 200
+            log_request(stats, status)
+
+    def events_of() -> Iterator[bytes]:
         sent = ""
         while True:
             kind, item = events.get()
@@ -198,7 +244,8 @@ def translations() -> Response:
 
 def _model_card(work: ModelWorker) -> dict[str, Any]:
     return {"id": work.backend.model, "object": "model", "created": int(current_app.config["RAPL_STARTED"]),
-            "owned_by": "rapl", "backend": work.backend.name, "status": work.state}
+            "owned_by": "rapl", "backend": work.backend.name, "status": work.state,
+            "loaded": work.state == "ready"}
 
 
 def list_models() -> Response:

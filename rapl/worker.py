@@ -35,8 +35,12 @@ class ModelWorker:
         self._last_started = 0
         self.running = False  # a job is on the model now
         self.counters = {"completed": 0, "failed": 0, "rejected_busy": 0,
-                         "dropped_disconnected": 0, "timed_out": 0, "out_of_order": 0}
+                         "dropped_disconnected": 0, "timed_out": 0, "out_of_order": 0, "unloads": 0}
+        self._last_used = time.monotonic()
+        self._stop = threading.Event()
         self.loaded = self.executor.submit(self._load)
+        if settings.MODEL_IDLE_UNLOAD:
+            threading.Thread(target=self._watch_idle, name="rapl-idle", daemon=True).start()
 
     def _load(self) -> None:
         started = time.perf_counter()
@@ -49,8 +53,33 @@ class ModelWorker:
             self.state = "failed"
             log.error("could not load model %s: %s", self.backend.model, self.error)
             return
+        self._last_used = time.monotonic()
         self.state = "ready"
         log.info("model %s ready in %.1f s", self.backend.model, time.perf_counter() - started)
+
+    def _idle(self) -> bool:
+        return (self.state == "ready" and not self.running and self._waiting == 0
+                and time.monotonic() - self._last_used >= self.settings.MODEL_IDLE_UNLOAD)
+
+    def _watch_idle(self) -> None:
+        interval = min(max(self.settings.MODEL_IDLE_UNLOAD / 4, 0.05), 5.0)
+        while not self._stop.wait(interval):
+            with self._lock:
+                if self._idle():
+                    self.executor.submit(self._unload)
+
+    def _unload(self) -> None:
+        with self._lock:
+            if not self._idle():  # a request came in meanwhile
+                return
+            self.state = "unloaded"
+        from .backends import free_memory
+
+        self.backend.unload()
+        free_memory()
+        self.counters["unloads"] += 1
+        log.info("model %s unloaded after %d s idle; the next request reloads it",
+                 self.backend.model, self.settings.MODEL_IDLE_UNLOAD)
 
     @property
     def queue_depth(self) -> int:
@@ -75,6 +104,9 @@ class ModelWorker:
             self._waiting += 1
             self._tickets += 1
             try:
+                if self.state == "unloaded":  # idle unload: reload first, FIFO puts it ahead
+                    self.state = "loading"
+                    self.executor.submit(self._load)
                 return self.executor.submit(self._run, fn, self._tickets, time.monotonic(), connected)
             except RuntimeError:  # the executor was shut down: the server is stopping
                 self._waiting -= 1
@@ -106,6 +138,7 @@ class ModelWorker:
             raise
         finally:
             self.running = False
+            self._last_used = time.monotonic()
         self.counters["completed"] += 1
         return result
 
@@ -119,5 +152,6 @@ class ModelWorker:
         return body
 
     def shutdown(self) -> None:
-        """Finish the running job, drop the queued ones, stop the thread."""
+        """Finish the running job, drop the queued ones, stop the threads."""
+        self._stop.set()
         self.executor.shutdown(wait=True, cancel_futures=True)

@@ -327,3 +327,22 @@ def test_decompression_bomb_is_bounded(serve, whisper_model: str, tmp_path: Path
             assert resp.status_code == 413, resp.text
             assert resp.json()["error"]["code"] == "audio_too_long"
             assert time.perf_counter() - started < 60
+
+
+def test_one_structured_log_line_per_request(whisper_server: Server, jfk: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO, logger="rapl.api")
+    with whisper_server.http() as http:
+        ok = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+        bad = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", b"junk" * 100)})
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("request ")]
+    assert len(lines) == 2
+    first = dict(re.findall(r"(\w+)=(\S+)", lines[0]))
+    assert first["id"] == ok.headers["x-request-id"] and first["status"] == "200"
+    assert float(first["audio_s"]) == pytest.approx(11.0, abs=0.05)
+    assert float(first["inference_s"]) > 0 and 0 < float(first["rtf"]) < 5
+    assert {"decode_s", "wait_s", "total_s"} <= set(first)
+    assert "status=400" in lines[1] and bad.status_code == 400

@@ -130,3 +130,21 @@ def test_request_waiting_too_long_gets_504(serve, whisper_model: str, spoken_sen
         assert first.result().status_code == 200
         resp = second.result()
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
+
+
+def test_idle_model_is_unloaded_and_reloaded_by_the_next_request(serve, whisper_model: str, jfk: Path) -> None:  # noqa: ANN001
+    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "MODEL_IDLE_UNLOAD": "1"})
+    with server.http() as http:
+        assert http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())}).status_code == 200
+        unloads = server.worker.counters["unloads"]
+        deadline = time.monotonic() + 15
+        while http.get("/health").json()["status"] != "unloaded" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        health = http.get("/health")
+        assert health.json()["status"] == "unloaded" and health.json()["unloads"] == unloads + 1
+        assert server.worker.backend._model is None  # the memory is really let go
+        assert http.get("/v1/models").json()["data"][0]["loaded"] is False
+        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+        assert resp.status_code == 200 and "country" in resp.json()["text"]
+        assert http.get("/health").json()["status"] == "ready"
+        assert http.get("/v1/models").json()["data"][0]["loaded"] is True

@@ -39,12 +39,29 @@ class Backend(Protocol):
     def load(self) -> None:
         """Download if needed, load and warm up the model (runs in the model thread)."""
 
+    def unload(self) -> None:
+        """Drop the model so its memory can be freed (load() brings it back)."""
+
     def transcribe(self, audio: np.ndarray, options: Options, on_segment: OnSegment) -> Transcription:
         """Transcribe 16 kHz mono float32 audio (one chunk of at most MAX_CHUNK_SECONDS).
 
         Calls ``on_segment`` for every segment of the result, in order, as each is done;
         times are relative to the start of ``audio``.
         """
+
+
+def free_memory() -> None:
+    """Return freed model memory to the system (and the GPU, where torch or MLX hold it)."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    mx = sys.modules.get("mlx.core")
+    if mx is not None and hasattr(mx, "clear_cache"):
+        mx.clear_cache()
 
 
 def create(settings: Settings) -> Backend:

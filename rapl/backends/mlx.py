@@ -146,6 +146,10 @@ class MLXBackend:
                  time.perf_counter() - started)
         self._warm_up()
 
+    def unload(self) -> None:
+        """Drop the MLX model."""
+        self._model = None
+
     def _warm_up(self) -> None:
         """Run one short clip so MLX compiles its kernels before the first request."""
         started = time.perf_counter()

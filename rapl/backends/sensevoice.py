@@ -152,6 +152,10 @@ class SenseVoiceBackend:
             log.warning("could not get punctuation model %s: %s", PUNC_MODEL, exc)
             return None
 
+    def unload(self) -> None:
+        """Drop the FunASR model."""
+        self._auto = None
+
     def _warm_up(self) -> None:
         started = time.perf_counter()
         noise = np.random.default_rng(0).normal(0.0, 1e-3, SAMPLE_RATE).astype(np.float32)

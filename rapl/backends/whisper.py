@@ -64,6 +64,10 @@ class WhisperBackend:
                  time.perf_counter() - started)
         self._warm_up()
 
+    def unload(self) -> None:
+        """Drop the CTranslate2 model."""
+        self._model = None
+
     def _warm_up(self) -> None:
         started = time.perf_counter()
         noise = np.random.default_rng(0).normal(0, 0.01, 16000).astype(np.float32)
