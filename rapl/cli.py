@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from config import DEFAULT_MODELS, Settings, SettingsError
 
@@ -108,23 +109,61 @@ def _settings_or_none() -> Settings | None:
 
 
 def serve() -> int:
-    """Serve the app with waitress on HOST:PORT; an invalid setting exits with status 2."""
-    from waitress import serve as waitress_serve
+    """Serve the app with waitress on HOST:PORT; an invalid setting exits with status 2.
+
+    Ctrl+C, SIGINT or SIGTERM stop it cleanly: no new connections, the running transcription
+    finishes and its answer is sent, queued ones get 503.
+    """
+    from waitress.server import create_server
 
     from . import create_app_or_exit
 
     app = create_app_or_exit()
     settings = app.config["RAPL_SETTINGS"]
     worker = app.extensions["rapl"]
+    server = create_server(app, host=settings.HOST, port=settings.PORT, threads=settings.MAX_QUEUE + 4,
+                           channel_request_lookahead=1, ident="rapl")
     print(f"RAPL serving {settings.BACKEND} model {settings.model} at "
           f"http://{settings.HOST}:{settings.PORT} (OpenAI base URL http://{settings.HOST}:{settings.PORT}/v1)",
           flush=True)
+    _stop_on_signals()
     try:
-        waitress_serve(app, host=settings.HOST, port=settings.PORT, threads=settings.MAX_QUEUE + 4,
-                       channel_request_lookahead=1, ident="rapl")
+        server.run()  # returns (or raises) on Ctrl+C / SIGINT / SIGTERM
     finally:
-        worker.shutdown()
+        print("RAPL stopping: finishing the running transcription", flush=True)
+        _stop(server, worker)
     return 0
+
+
+def _stop_on_signals() -> None:
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for name in ("SIGTERM", "SIGBREAK"):  # SIGBREAK: Ctrl+Break on Windows
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), interrupt)
+
+
+def _stop(server: Any, worker: Any) -> None:
+    """Stop accepting, let the running job finish, send the answers being written, then stop."""
+    import time
+
+    from waitress import wasyncore
+
+    server.accepting = False  # waitress's listener stops taking connections
+    worker.shutdown()  # waits for the running job; queued ones are cancelled (503)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _busy_channels(server):
+        wasyncore.loop(timeout=0.05, map=server._map, count=1)
+    server.close()
+    server.task_dispatcher.shutdown(timeout=5)
+
+
+def _busy_channels(server: Any) -> bool:
+    channels = [c for c in server._map.values() if hasattr(c, "total_outbufs_len")]
+    return any(c.total_outbufs_len or c.requests for c in channels)
 
 
 # --------------------------------------------------------------------------- transcribe

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import CancelledError
 
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
@@ -70,6 +71,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         return _from_http(exc).response()
+
+    @app.errorhandler(CancelledError)
+    def _cancelled(exc: CancelledError) -> Response:
+        return APIError("The server is shutting down; retry shortly.", 503, code="shutting_down").response()
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

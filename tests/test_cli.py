@@ -261,3 +261,41 @@ def test_models_runs_on_empty_caches_and_names_the_default(tmp_path: Path) -> No
     assert "Configured: BACKEND=sensevoice, model iic/SenseVoiceSmall" in proc.stdout
     assert "(none cached; default model Systran/faster-whisper-small)" in proc.stdout
     assert "is not cached here" in proc.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_after_the_running_job_and_answers_it(signum: int, whisper_model: str, spoken_sentences) -> None:
+    import threading
+
+    from conftest import build_recording, wav_bytes
+
+    long_clip = wav_bytes(build_recording(spoken_sentences * 3, [0.5] * 18)[0])
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port)))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        answers: list[httpx.Response] = []
+        client = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{base}/v1/audio/transcriptions", files={"file": ("long.wav", long_clip)}, timeout=120)))
+        client.start()
+        while not httpx.get(f"{base}/health", timeout=5).json()["busy"]:
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        client.join(timeout=120)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate(timeout=10)
+    assert answers and answers[0].status_code == 200, err[-2000:]
+    assert "platform" in answers[0].json()["text"].lower()
+    assert "finishing the running transcription" in out
