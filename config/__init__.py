@@ -97,7 +97,7 @@ SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
     "MAX_AUDIO_SECONDS": ("14400", _int(1), "Longest accepted audio after decoding, in seconds."),
     "MAX_QUEUE": ("16", _int(1, 10000), "Requests allowed to wait for the model; more get 429."),
     "REQUEST_TIMEOUT": ("600", _int(1), "Seconds a request may wait in the queue before it gets 504."),
-    "MODEL_IDLE_UNLOAD": ("0", _int(0), "Idle seconds before the model is freed (the next request reloads it); 0: never."),
+    "MODEL_IDLE_UNLOAD": ("0", _int(0), "Idle seconds before the model is freed (next request reloads it); 0: never."),
     "THREADS": ("0", _int(0, 1024), "CPU threads for inference; 0 uses every core."),
     "WHISPER_COMPUTE_TYPE": ("default", _text, "faster-whisper compute type; default is int8 on CPU, float16 on CUDA."),
     "RICH_TEXT": ("plain", _choice(RICH_MODES), "SenseVoice emotion/event tags in text: plain, emoji or tags."),
