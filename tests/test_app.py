@@ -94,3 +94,19 @@ def test_mlx_choice_without_mlx_fails_clearly_or_builds(monkeypatch: pytest.Monk
         pytest.skip("mlx-audio is installed here; covered by test_mlx.py")
     with pytest.raises(SettingsError, match="pip install"):
         create_app({"ENV_FILE": "", "BACKEND": "mlx"})
+
+
+def test_readme_settings_table_matches_config() -> None:
+    from config import SPEC
+
+    readme = (ROOT / "README.md").read_text()
+    for name, (default, _parse, doc) in SPEC.items():
+        shown = f"`{default}`" if default else "(empty)"
+        assert f"| `{name}` | {shown} | {doc} |" in readme, name
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    command = readme.split("**Run the tests:**", 1)[1].split("```", 2)[1].strip()
+    ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command == "python -m pytest" and command in ci_lines
