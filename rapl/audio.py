@@ -12,7 +12,7 @@ import io
 import logging
 import shutil
 import subprocess
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -67,32 +67,58 @@ def _too_long(max_seconds: float) -> APIError:
                     "MAX_AUDIO_SECONDS).", 413, param="file", code="audio_too_long")
 
 
-def _to_mono_16k(samples: np.ndarray, rate: int) -> np.ndarray:
-    if samples.ndim == 2:
-        samples = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
-    samples = np.ascontiguousarray(samples, dtype=np.float32)
-    if rate != SAMPLE_RATE:
-        import soxr
+class _Samples:
+    """A growing float32 buffer: decoded audio lands in one array, not in a list to concatenate."""
 
-        samples = soxr.resample(samples, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
-    return samples
+    def __init__(self, expected: int, limit: float, max_seconds: float) -> None:
+        self.data = np.empty(max(expected, SAMPLE_RATE), dtype=np.float32)
+        self.size = 0
+        self.limit = limit
+        self.max_seconds = max_seconds
+
+    def append(self, chunk: np.ndarray) -> None:
+        """Add samples; raises 413 past the MAX_AUDIO_SECONDS limit."""
+        end = self.size + chunk.size
+        if end > self.limit:
+            raise _too_long(self.max_seconds)
+        if end > self.data.size:
+            grown = np.empty(max(end, int(self.data.size * 1.5)), dtype=np.float32)
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size:end] = chunk
+        self.size = end
+
+    def result(self) -> np.ndarray:
+        """The samples (a copy only when the estimate was too generous by more than 1 %)."""
+        if self.data.size - self.size > self.size // 100 + SAMPLE_RATE:
+            return self.data[: self.size].copy()
+        return self.data[: self.size]
 
 
 def _decode_soundfile(data: IO[bytes], max_seconds: float) -> np.ndarray | None:
+    """WAV/FLAC through libsndfile in blocks: downmix, resample with soxr as a stream."""
     import soundfile as sf
 
     try:
         with sf.SoundFile(data) as f:
-            if f.frames / f.samplerate > max_seconds:
+            seconds = f.frames / f.samplerate
+            if seconds > max_seconds:
                 raise _too_long(max_seconds)
-            samples = f.read(dtype="float32", always_2d=True)
-            rate = f.samplerate
+            out = _Samples(int(seconds * SAMPLE_RATE) + 64, max_seconds * SAMPLE_RATE, max_seconds)
+            resampler = None
+            if f.samplerate != SAMPLE_RATE:
+                import soxr
+
+                resampler = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            for block in f.blocks(blocksize=1 << 18, dtype="float32", always_2d=True):
+                mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
+                out.append(resampler.resample_chunk(mono) if resampler else mono)
+            if resampler is not None:
+                out.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         log.debug("soundfile could not read the upload (%s); trying PyAV", exc)
         return None
-    if samples.size == 0:
-        return None
-    return _to_mono_16k(samples, rate)
+    return out.result() if out.size else None
 
 
 def _decode_pyav(data: IO[bytes], max_seconds: float) -> np.ndarray | None:
@@ -111,13 +137,13 @@ def _decode_pyav(data: IO[bytes], max_seconds: float) -> np.ndarray | None:
         return _pyav_frames(container, stream, max_seconds)
 
 
-def _pyav_frames(container, stream, max_seconds: float) -> np.ndarray | None:  # noqa: ANN001
+def _pyav_frames(container: Any, stream: Any, max_seconds: float) -> np.ndarray | None:
     import av
 
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-    limit = max_seconds * SAMPLE_RATE
-    chunks: list[np.ndarray] = []
-    total = 0
+    expected = container.duration / av.time_base if container.duration else 0.0
+    out = _Samples(int(min(expected, max_seconds) * SAMPLE_RATE) + SAMPLE_RATE,
+                   max_seconds * SAMPLE_RATE, max_seconds)
     errors = 0
     try:
         for packet in container.demux(stream):
@@ -127,23 +153,15 @@ def _pyav_frames(container, stream, max_seconds: float) -> np.ndarray | None:  #
                 errors += 1  # a damaged packet: keep what decodes, as ffmpeg does
                 continue
             for frame in frames:
-                for out in resampler.resample(frame):
-                    chunk = out.to_ndarray().reshape(-1)
-                    chunks.append(chunk)
-                    total += chunk.size
-                if total > limit:
-                    raise _too_long(max_seconds)
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
+                for resampled in resampler.resample(frame):
+                    out.append(resampled.to_ndarray().reshape(-1))
+        for resampled in resampler.resample(None):
+            out.append(resampled.to_ndarray().reshape(-1))
     except av.FFmpegError as exc:
         log.debug("PyAV stopped decoding: %s", exc)
-        if not chunks:
-            return None
     if errors:
         log.info("skipped %d undecodable packets", errors)
-    if not chunks:
-        return None
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+    return out.result() if out.size else None
 
 
 def _decode_ffmpeg_cli(data: bytes, max_seconds: float) -> np.ndarray | None:
