@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
+import importlib.util
+import ipaddress
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -98,6 +104,8 @@ class Server:
         options = {"threads": 8, "channel_request_lookahead": 1, **adjustments}
         self._server = create_server(app, host="127.0.0.1", port=0, **options)
         self.url = f"http://127.0.0.1:{self._server.effective_port}"
+        self._clients: list[Any] = []
+        self._closed = False
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
 
@@ -109,18 +117,30 @@ class Server:
         return self.worker.state
 
     def client(self, **kwargs: Any) -> Any:
-        """An official OpenAI SDK client pointed at this server."""
+        """An official OpenAI SDK client pointed at this server (closed when the server is)."""
         import openai
 
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=kwargs.pop("api_key", "local"),
-                             max_retries=0, **kwargs)
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=kwargs.pop("api_key", "local"),
+                               max_retries=0, **kwargs)
+        self._clients.append(client)
+        return client
+
+    @functools.cached_property
+    def sdk(self) -> Any:
+        """One shared official OpenAI SDK client for this server."""
+        return self.client()
 
     def http(self) -> httpx.Client:
         """A raw HTTP client for this server."""
         return httpx.Client(base_url=self.url, timeout=120)
 
     def close(self) -> None:
-        """Stop serving and stop the model thread."""
+        """Stop serving and stop the model thread (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        for client in self._clients:  # their keep-alive connections would hold the loop open
+            client.close()
         self._server.close()
         self._thread.join(timeout=10)
         self.worker.shutdown()
@@ -218,3 +238,299 @@ def wav_bytes(pcm: Any, format: str = "WAV") -> bytes:
     buf = io.BytesIO()
     sf.write(buf, pcm, 16000, format=format, subtype="PCM_16")
     return buf.getvalue()
+
+
+# -- no network -------------------------------------------------------------------------------
+
+_LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+def is_loopback(host: Any) -> bool:
+    """True for None (a local bind), the localhost names and loopback addresses."""
+    if host is None:
+        return True
+    if isinstance(host, (bytes, bytearray)):
+        host = bytes(host).decode("ascii", "replace")
+    name = str(host).strip("[]").split("%", 1)[0].lower()
+    if name in _LOCAL_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def network_blocked() -> Iterator[list[tuple[Any, ...]]]:
+    """Refuse every connection, datagram and name lookup that would leave this machine.
+
+    Loopback (127.0.0.0/8, ::1, localhost) and Unix sockets stay open, so a test can still
+    talk to its own server on 127.0.0.1.  Yields the list of refused attempts, each as
+    ``("connect", address)``, ``("sendto", address)`` or ``("getaddrinfo", host, port)``;
+    the refused call fails as it would on a machine without a network.
+    """
+    attempts: list[tuple[Any, ...]] = []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_sendto, real_getaddrinfo = socket.socket.sendto, socket.getaddrinfo
+    real_gethostbyname, real_gethostbyname_ex = socket.gethostbyname, socket.gethostbyname_ex
+
+    def leaves(sock: socket.socket, address: Any) -> bool:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return False  # Unix sockets, netlink: not the network
+        host = address[0] if isinstance(address, tuple) and address else address
+        return not is_loopback(host)
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if leaves(self, address):
+            attempts.append(("connect", address))
+            raise OSError(errno.ENETUNREACH, f"network access is blocked in this test: {address!r}")
+        return real_connect(self, address)
+
+    def connect_ex(self: socket.socket, address: Any) -> int:
+        if leaves(self, address):
+            attempts.append(("connect", address))
+            return errno.ENETUNREACH
+        return real_connect_ex(self, address)
+
+    def sendto(self: socket.socket, data: Any, *args: Any) -> int:
+        if args and leaves(self, args[-1]):
+            attempts.append(("sendto", args[-1]))
+            raise OSError(errno.ENETUNREACH, f"network access is blocked in this test: {args[-1]!r}")
+        return real_sendto(self, data, *args)
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if not is_loopback(host):
+            attempts.append(("getaddrinfo", host, port))
+            raise socket.gaierror(socket.EAI_NONAME, f"name lookup is blocked in this test: {host!r}")
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    def gethostbyname(host: str) -> str:
+        if not is_loopback(host):
+            attempts.append(("getaddrinfo", host, None))
+            raise socket.gaierror(socket.EAI_NONAME, f"name lookup is blocked in this test: {host!r}")
+        return real_gethostbyname(host)
+
+    def gethostbyname_ex(host: str) -> Any:
+        if not is_loopback(host):
+            attempts.append(("getaddrinfo", host, None))
+            raise socket.gaierror(socket.EAI_NONAME, f"name lookup is blocked in this test: {host!r}")
+        return real_gethostbyname_ex(host)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", connect)
+        patch.setattr(socket.socket, "connect_ex", connect_ex)
+        patch.setattr(socket.socket, "sendto", sendto)
+        patch.setattr(socket, "getaddrinfo", getaddrinfo)
+        patch.setattr(socket, "gethostbyname", gethostbyname)
+        patch.setattr(socket, "gethostbyname_ex", gethostbyname_ex)
+        yield attempts
+
+
+@pytest.fixture(scope="module")
+def offline() -> Iterator[list[tuple[Any, ...]]]:
+    """Block the network (all but loopback) for the rest of the module; yields the attempts.
+
+    The module's last teardown fails if anything tried to reach the network.
+    """
+    with network_blocked() as attempts:
+        yield attempts
+    assert attempts == [], f"something tried the network: {attempts}"
+
+
+# -- tiny models (tests/tiny_funasr.py, tests/tiny_mlx.py) ---------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_sensevoice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny FunASR SenseVoiceSmall directory in the real hub layout (says "hello world ...")."""
+    from tiny_funasr import make_sensevoice
+
+    return make_sensevoice(tmp_path_factory.mktemp("tiny") / "SenseVoiceSmall")
+
+
+@pytest.fixture(scope="session")
+def tiny_sensevoice_happy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny SenseVoiceSmall, but its speech is always happy and tagged as laughter."""
+    from tiny_funasr import make_sensevoice
+
+    return make_sensevoice(tmp_path_factory.mktemp("tiny") / "SenseVoiceSmall", emotion="HAPPY",
+                           event="Laughter")
+
+
+@pytest.fixture(scope="session")
+def tiny_paraformer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny FunASR Paraformer directory in the real hub layout (says "hello"/"world")."""
+    from tiny_funasr import make_paraformer
+
+    return make_paraformer(tmp_path_factory.mktemp("tiny") / "paraformer")
+
+
+def mlx_missing() -> str | None:
+    """Why the mlx tests cannot run here (mlx-audio or MLX missing or broken), or None."""
+    if importlib.util.find_spec("mlx_audio") is None or importlib.util.find_spec("mlx") is None:
+        return "mlx-audio is not installed (pip install mlx-audio 'mlx[cpu]')"
+    try:
+        import mlx.core  # noqa: F401
+        import mlx_audio.stt  # noqa: F401
+    except Exception as exc:  # an installed but broken MLX (no CPU build, missing library)
+        return f"mlx-audio is not importable: {exc}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_asr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random mlx-audio Qwen3-ASR directory: never ends, one character per token."""
+    reason = mlx_missing()
+    if reason:
+        pytest.skip(reason)
+    from tiny_mlx import make_qwen3_asr
+
+    return make_qwen3_asr(tmp_path_factory.mktemp("mlx") / "tiny-qwen3-asr")
+
+
+@pytest.fixture(scope="session")
+def tiny_mlx_sensevoice(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random mlx-audio SenseVoice directory (mlx-community's layout)."""
+    reason = mlx_missing()
+    if reason:
+        pytest.skip(reason)
+    from tiny_mlx import make_mlx_sensevoice
+
+    return make_mlx_sensevoice(tmp_path_factory.mktemp("mlx") / "tiny-sensevoice")
+
+
+@pytest.fixture(scope="session")
+def speech_pcm() -> Any:
+    """en_jfk.flac at 16 kHz mono (soundfile + soxr), or 11 s of synthetic audio without it."""
+    import numpy as np
+
+    clip = SHARED_AUDIO / "en_jfk.flac"
+    if clip.is_file():
+        import soundfile
+        import soxr
+
+        data, rate = soundfile.read(str(clip), dtype="float32", always_2d=True)
+        return soxr.resample(data.mean(axis=1), rate, 16000).astype(np.float32)
+    t = np.arange(11 * 16000) / 16000
+    return (0.3 * np.sin(2 * np.pi * (200 + 50 * np.sin(3 * t)) * t)).astype(np.float32)
+
+
+# -- tiny backends, loaded offline (backend-level tests) -------------------------------------
+
+@pytest.fixture(scope="module")
+def funasr_backend(offline: list[Any], tiny_sensevoice: Path) -> Callable[..., Any]:
+    """Factory: ``funasr_backend(model=tiny SenseVoice, **settings)``, a loaded SenseVoiceBackend.
+
+    Loaded offline with THREADS=1, once per model and settings in a module.
+    """
+    from config import Settings
+    from rapl.backends.sensevoice import SenseVoiceBackend
+
+    loaded: dict[tuple[tuple[str, str], ...], SenseVoiceBackend] = {}
+
+    def get(model: Path = tiny_sensevoice, **overrides: str) -> SenseVoiceBackend:
+        key = tuple(sorted({"LOCAL_MODEL": str(model), **overrides}.items()))
+        if key not in loaded:
+            settings = Settings.load({"ENV_FILE": "", "LOCAL_MODEL": str(model), "THREADS": "1",
+                                      **overrides}, environ={})
+            instance = SenseVoiceBackend(settings)
+            instance.load()
+            loaded[key] = instance
+        return loaded[key]
+
+    return get
+
+
+@pytest.fixture
+def funasr_spy(monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], list[dict[str, Any]]]:
+    """``funasr_spy(backend)``: record every AutoModel.generate call's keyword arguments."""
+
+    def attach(instance: Any) -> list[dict[str, Any]]:
+        calls: list[dict[str, Any]] = []
+        real = instance._auto.generate
+
+        def generate(input: Any, **kwargs: Any) -> Any:
+            calls.append(kwargs)
+            return real(input=input, **kwargs)
+
+        monkeypatch.setattr(instance._auto, "generate", generate)
+        return calls
+
+    return attach
+
+
+class GenerateSpy:
+    """Wraps an mlx-audio model's generate() to record each call's kwargs and output."""
+
+    def __init__(self, model: Any) -> None:
+        self.original = model.generate
+        self.calls: list[tuple[dict[str, Any], Any]] = []
+
+    def __call__(self, audio: Any, **kwargs: Any) -> Any:
+        output = self.original(audio, **kwargs)
+        self.calls.append((kwargs, output))
+        return output
+
+    @classmethod
+    def attach(cls, model: Any, monkeypatch: pytest.MonkeyPatch) -> GenerateSpy:
+        """Spy on ``model.generate`` until the test ends."""
+        spy = cls(model)
+        monkeypatch.setattr(model, "generate", spy)
+        return spy
+
+
+def _mlx_backend(model: Path) -> Any:
+    from config import Settings
+    from rapl.backends.mlx import MLXBackend
+
+    backend = MLXBackend(Settings.load({"BACKEND": "mlx", "LOCAL_MODEL": str(model), "DEVICE": "cpu"},
+                                       environ={}))
+    backend.load()
+    return backend
+
+
+@pytest.fixture(scope="module")
+def mlx_qwen3(offline: list[Any], tiny_qwen3_asr: Path) -> Any:
+    """An MLXBackend loaded offline on the tiny Qwen3-ASR (CPU)."""
+    return _mlx_backend(tiny_qwen3_asr)
+
+
+@pytest.fixture(scope="module")
+def mlx_sensevoice(offline: list[Any], tiny_mlx_sensevoice: Path) -> Any:
+    """An MLXBackend loaded offline on the tiny mlx-audio SenseVoice (CPU)."""
+    return _mlx_backend(tiny_mlx_sensevoice)
+
+
+@pytest.fixture
+def mlx_qwen3_spy(mlx_qwen3: Any, monkeypatch: pytest.MonkeyPatch) -> GenerateSpy:
+    """Records what the tiny Qwen3-ASR's generate() gets and returns during one test."""
+    return GenerateSpy.attach(mlx_qwen3._model, monkeypatch)
+
+
+# -- servers on tiny models, offline (server-level tests) ------------------------------------
+
+TINY_SERVER_SETTINGS = {"VAD": "false", "THREADS": "1", "DEVICE": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def offline_server(serve: Callable[..., Server], offline: list[Any]) -> Iterator[Callable[..., Server]]:
+    """Factory: ``offline_server(**settings)``, a ready server started with the network blocked.
+
+    One server per distinct settings in a module, closed when the module ends; the network
+    stays blocked (all but loopback) while models load and answer.  Defaults: CPU, one
+    thread, VAD off (the tiny models ignore the sound, and Silero would find no speech in
+    their noise), so a clip of up to MAX_CHUNK_SECONDS reaches the model as one chunk.
+    """
+    started: dict[tuple[tuple[str, str], ...], Server] = {}
+
+    def get(**settings: str) -> Server:
+        settings = {**TINY_SERVER_SETTINGS, **settings}
+        key = tuple(sorted(settings.items()))
+        if key not in started:
+            server = serve(settings)
+            assert server.worker.state == "ready", server.worker.error
+            started[key] = server
+        return started[key]
+
+    yield get
+    for server in started.values():
+        server.close()

@@ -1,70 +1,42 @@
-"""The mlx backend on tiny random-weight models loaded by mlx-audio's real loader, offline."""
+"""The mlx backend on tiny random-weight models loaded by mlx-audio's real loader, offline.
+
+The tiny Qwen3-ASR (tests/tiny_mlx.py) never emits its end token and writes one character per
+token, so the length of its text is the number of tokens it generated.  The last part serves
+both tiny models through a real waitress server (BACKEND=mlx) to the official openai SDK, with
+every connection beyond loopback blocked (as in every test here).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
 
 from config import Settings, SettingsError
+from conftest import GenerateSpy, Server, mlx_missing, wav_bytes
 from rapl.errors import APIError
 from rapl.transcription import Options, Segment, Transcription
 
-if importlib.util.find_spec("mlx_audio") is None or importlib.util.find_spec("mlx") is None:
-    pytest.skip("mlx-audio is not installed (pip install mlx-audio 'mlx[cpu]')", allow_module_level=True)
-try:
-    import mlx.core  # noqa: F401
-    import mlx_audio.stt  # noqa: F401
-except Exception as exc:  # an installed but broken MLX (no CPU build, missing library)
-    pytest.skip(f"mlx-audio is not importable: {exc}", allow_module_level=True)
+MLX_MISSING = mlx_missing()
+if MLX_MISSING:
+    pytest.skip(MLX_MISSING, allow_module_level=True)
 
 from rapl.backends.mlx import MLXBackend, _segments, token_limit  # noqa: E402
-from tiny_mlx import make_mlx_sensevoice, make_qwen3_asr  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("offline")  # no connection beyond loopback, in any test here
 
 ROOT = Path(__file__).resolve().parents[1]
-JFK = ROOT.parent / "shared" / "audio" / "en_jfk.flac"
 HUB_ID = "rapl-test/tiny-qwen3-asr"
-
-
-@contextlib.contextmanager
-def no_network() -> Iterator[None]:
-    """Refuse every outgoing connection and name lookup; tell the HF hub client it is offline."""
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise OSError("network access attempted while the mlx tests block it")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", refuse)
-        mp.setattr(socket.socket, "connect_ex", refuse)
-        mp.setattr(socket, "getaddrinfo", refuse)
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _offline() -> Iterator[None]:
-    with no_network():
-        yield
-
-
-@pytest.fixture(scope="session")
-def qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_qwen3_asr(tmp_path_factory.mktemp("mlx") / "tiny-qwen3-asr")
-
-
-@pytest.fixture(scope="session")
-def sensevoice_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_mlx_sensevoice(tmp_path_factory.mktemp("mlx") / "tiny-sensevoice")
 
 
 def _backend(model: str | Path) -> MLXBackend:
@@ -72,72 +44,23 @@ def _backend(model: str | Path) -> MLXBackend:
                                     environ={}))
 
 
-@pytest.fixture(scope="session")
-def qwen(qwen_dir: Path) -> MLXBackend:
-    backend = _backend(qwen_dir)
-    with no_network():
-        backend.load()
-    return backend
-
-
-@pytest.fixture(scope="session")
-def sensevoice(sensevoice_dir: Path) -> MLXBackend:
-    backend = _backend(sensevoice_dir)
-    with no_network():
-        backend.load()
-    return backend
-
-
-@pytest.fixture(scope="session")
-def speech() -> np.ndarray:
-    """en_jfk.flac at 16 kHz mono (soundfile + soxr), or 11 s of synthetic audio without it."""
-    if JFK.is_file():
-        import soundfile
-        import soxr
-
-        data, rate = soundfile.read(str(JFK), dtype="float32", always_2d=True)
-        return soxr.resample(data.mean(axis=1), rate, 16000).astype(np.float32)
-    t = np.arange(11 * 16000) / 16000
-    return (0.3 * np.sin(2 * np.pi * (200 + 50 * np.sin(3 * t)) * t)).astype(np.float32)
-
-
-class Spy:
-    """Wraps a model's generate() to record each call's kwargs and output."""
-
-    def __init__(self, model: Any) -> None:
-        self.original = model.generate
-        self.calls: list[tuple[dict[str, Any], Any]] = []
-
-    def __call__(self, audio: Any, **kwargs: Any) -> Any:
-        output = self.original(audio, **kwargs)
-        self.calls.append((kwargs, output))
-        return output
-
-
-@pytest.fixture
-def spy_qwen(qwen: MLXBackend, monkeypatch: pytest.MonkeyPatch) -> Spy:
-    spy = Spy(qwen._model)
-    monkeypatch.setattr(qwen._model, "generate", spy)
-    return spy
-
-
-def test_tiny_qwen3_asr_loads_through_mlx_audio_offline(qwen_dir: Path) -> None:
+def test_tiny_qwen3_asr_loads_through_mlx_audio_offline(tiny_qwen3_asr: Path) -> None:
     from mlx_audio.stt import load
 
-    files = {p.name for p in qwen_dir.iterdir()}
+    files = {p.name for p in tiny_qwen3_asr.iterdir()}
     assert {"config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
             "model.safetensors"} <= files
-    assert json.loads((qwen_dir / "config.json").read_text())["model_type"] == "qwen3_asr"
-    assert sum(p.stat().st_size for p in qwen_dir.iterdir()) < 2_000_000
-    model = load(str(qwen_dir))
+    assert json.loads((tiny_qwen3_asr / "config.json").read_text())["model_type"] == "qwen3_asr"
+    assert sum(p.stat().st_size for p in tiny_qwen3_asr.iterdir()) < 2_000_000
+    model = load(str(tiny_qwen3_asr))
     assert type(model).__module__.startswith("mlx_audio.stt.models.qwen3_asr")
     ids = model._tokenizer.encode("<|im_start|>user\n<|audio_start|><|audio_pad|><|audio_end|>")
     assert model.config.audio_token_id in ids and model.config.audio_start_token_id in ids
 
 
-def test_constructor_is_cheap_and_does_not_import_mlx(qwen_dir: Path) -> None:
+def test_constructor_is_cheap_and_does_not_import_mlx(tiny_qwen3_asr: Path) -> None:
     code = ("import sys; from config import Settings; from rapl.backends import create; "
-            f"b = create(Settings.load({{'BACKEND': 'mlx', 'LOCAL_MODEL': {str(qwen_dir)!r}}}, environ={{}})); "
+            f"b = create(Settings.load({{'BACKEND': 'mlx', 'LOCAL_MODEL': {str(tiny_qwen3_asr)!r}}}, environ={{}})); "
             "print(b.name, b.family_key, 'mlx.core' in sys.modules, 'mlx_audio' in sys.modules)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -154,88 +77,87 @@ def test_missing_mlx_audio_names_backend_and_install_command(monkeypatch: pytest
     assert "mlx-audio" in str(info.value)
 
 
-def test_attributes(qwen: MLXBackend, qwen_dir: Path) -> None:
-    assert (qwen.name, qwen.model, qwen.family_key) == ("mlx", str(qwen_dir), "qwen3_asr")
-    assert qwen.can_translate is False and qwen.can_time_words is False and qwen.segments_audio is False
-    assert qwen.languages is not None and {"en", "zh", "yue", "ja", "de"} <= qwen.languages
+def test_attributes(mlx_qwen3: MLXBackend, tiny_qwen3_asr: Path) -> None:
+    assert (mlx_qwen3.name, mlx_qwen3.model, mlx_qwen3.family_key) == ("mlx", str(tiny_qwen3_asr), "qwen3_asr")
+    assert (mlx_qwen3.can_translate, mlx_qwen3.can_time_words, mlx_qwen3.segments_audio) == (False, False, False)
+    assert mlx_qwen3.languages is not None and {"en", "zh", "yue", "ja", "de"} <= mlx_qwen3.languages
 
 
-def test_transcribes_real_clip(qwen: MLXBackend, speech: np.ndarray) -> None:
+def test_transcribes_real_clip(mlx_qwen3: MLXBackend, speech_pcm: np.ndarray) -> None:
     seen: list[Segment] = []
-    result = qwen.transcribe(speech, Options(), seen.append)
+    result = mlx_qwen3.transcribe(speech_pcm, Options(), seen.append)
     assert isinstance(result, Transcription)
     assert isinstance(result.text, str) and result.text
     assert "<|" not in result.text and "asr_text" not in result.text and "\ufffd" not in result.text
-    assert result.duration == pytest.approx(len(speech) / 16000)
+    assert result.duration == pytest.approx(len(speech_pcm) / 16000)
     assert result.language == "en"  # mlx-audio reports English when the output names no language
     assert list(result.segments) == seen and len(seen) == 1
     assert (seen[0].start, seen[0].end) == (0.0, pytest.approx(result.duration))
     assert seen[0].text == result.text and seen[0].extra == {"language": "en"}
 
 
-def test_language_codes_become_qwen3_asr_names(qwen: MLXBackend) -> None:
-    assert [qwen.language_value(c) for c in ("en", "zh", "yue", "de", "ja", "tl")] == \
+def test_language_codes_become_qwen3_asr_names(mlx_qwen3: MLXBackend) -> None:
+    assert [mlx_qwen3.language_value(c) for c in ("en", "zh", "yue", "de", "ja", "tl")] == \
         ["English", "Chinese", "Cantonese", "German", "Japanese", "Filipino"]
-    assert qwen.language_value(None) is None
+    assert mlx_qwen3.language_value(None) is None
 
 
-def test_requested_language_prompt_and_limit_reach_generate(qwen: MLXBackend, spy_qwen: Spy,
-                                                            speech: np.ndarray) -> None:
-    result = qwen.transcribe(speech[:3 * 16000], Options(language="zh", prompt="Ask not."), lambda s: None)
-    kwargs, output = spy_qwen.calls[-1]
+def test_requested_language_prompt_and_limit_reach_generate(mlx_qwen3: MLXBackend, mlx_qwen3_spy: GenerateSpy,
+                                                            speech_pcm: np.ndarray) -> None:
+    result = mlx_qwen3.transcribe(speech_pcm[:3 * 16000], Options(language="zh", prompt="Ask not."), lambda s: None)
+    kwargs, output = mlx_qwen3_spy.calls[-1]
     assert kwargs["language"] == "Chinese" and kwargs["system_prompt"] == "Ask not."
     assert kwargs["max_tokens"] == token_limit(3.0)
     assert isinstance(output.text, str) and output.segments[0]["language"] == "Chinese"
     assert result.language == "zh" and result.segments[0].extra == {"language": "zh"}
 
 
-def test_generation_limit_stops_a_model_that_never_ends(qwen: MLXBackend, spy_qwen: Spy,
-                                                        speech: np.ndarray) -> None:
-    limit = token_limit(len(speech) / 16000)
+def test_generation_limit_stops_a_model_that_never_ends(mlx_qwen3: MLXBackend, mlx_qwen3_spy: GenerateSpy,
+                                                        speech_pcm: np.ndarray) -> None:
+    limit = token_limit(len(speech_pcm) / 16000)
     assert limit == 142  # 11 s * 10 tokens/s + 32
-    qwen.transcribe(speech, Options(language="en"), lambda s: None)
-    kwargs, output = spy_qwen.calls[-1]
+    mlx_qwen3.transcribe(speech_pcm, Options(language="en"), lambda s: None)
+    kwargs, output = mlx_qwen3_spy.calls[-1]
     assert kwargs["max_tokens"] == limit
     assert output.generation_tokens == limit  # it never emitted its end token: the limit stopped it
-    short = qwen.transcribe(speech[:16000], Options(language="en"), lambda s: None)
-    assert spy_qwen.calls[-1][1].generation_tokens == token_limit(1.0) == 42
+    short = mlx_qwen3.transcribe(speech_pcm[:16000], Options(language="en"), lambda s: None)
+    assert mlx_qwen3_spy.calls[-1][1].generation_tokens == token_limit(1.0) == 42
     assert short.duration == 1.0
 
 
-def test_unsupported_language_is_a_400_listing_codes(qwen: MLXBackend, speech: np.ndarray) -> None:
+def test_unsupported_language_is_a_400_listing_codes(mlx_qwen3: MLXBackend, speech_pcm: np.ndarray) -> None:
     with pytest.raises(APIError) as info:
-        qwen.transcribe(speech, Options(language="sw"), lambda s: None)
+        mlx_qwen3.transcribe(speech_pcm, Options(language="sw"), lambda s: None)
     error = info.value
     assert (error.status, error.param, error.code) == (400, "language", "unsupported_language")
     assert "'sw'" in error.message and "en, es" in error.message
 
 
-def test_sensevoice_loads_by_switching_local_model(sensevoice: MLXBackend, sensevoice_dir: Path,
-                                                  speech: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert sensevoice.family_key == "sensevoice"
-    assert sensevoice.languages == frozenset({"zh", "en", "yue", "ja", "ko"})
-    assert sensevoice.language_value("en") == "en" and sensevoice.language_value(None) == "auto"
-    spy = Spy(sensevoice._model)
-    monkeypatch.setattr(sensevoice._model, "generate", spy)
+def test_sensevoice_loads_by_switching_local_model(mlx_sensevoice: MLXBackend, tiny_mlx_sensevoice: Path,
+                                                  speech_pcm: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert mlx_sensevoice.family_key == "sensevoice"
+    assert mlx_sensevoice.languages == frozenset({"zh", "en", "yue", "ja", "ko"})
+    assert mlx_sensevoice.language_value("en") == "en" and mlx_sensevoice.language_value(None) == "auto"
+    spy = GenerateSpy.attach(mlx_sensevoice._model, monkeypatch)
     seen: list[Segment] = []
-    result = sensevoice.transcribe(speech, Options(language="en", prompt="ignored"), seen.append)
+    result = mlx_sensevoice.transcribe(speech_pcm, Options(language="en", prompt="ignored"), seen.append)
     assert spy.calls[-1][0] == {"language": "en", "use_itn": True, "verbose": False}  # no max_tokens, prompt
     assert isinstance(result.text, str) and result.text and "<" not in result.text
     assert result.language == "en" and result.duration == pytest.approx(11.0, abs=0.1)
     assert len(seen) == 1 and seen[0].end == pytest.approx(result.duration)
-    assert {"emotion", "event"} <= set(seen[0].extra)
+    assert {"emotion", "events"} <= set(seen[0].extra) and isinstance(seen[0].extra["events"], list)
     with pytest.raises(APIError):
-        sensevoice.transcribe(speech, Options(language="de"), lambda s: None)
+        mlx_sensevoice.transcribe(speech_pcm, Options(language="de"), lambda s: None)
 
 
-def test_hub_id_loads_from_the_hf_cache_offline(qwen_dir: Path, tmp_path: Path,
+def test_hub_id_loads_from_the_hf_cache_offline(tiny_qwen3_asr: Path, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     import huggingface_hub.constants
 
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / f"models--{HUB_ID.replace('/', '--')}"
-    shutil.copytree(qwen_dir, repo / "snapshots" / commit)
+    shutil.copytree(tiny_qwen3_asr, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -263,7 +185,7 @@ def test_timed_segments_and_words_come_from_the_output() -> None:
     assert _segments({"text": "", "segments": []}, 2.0) == ()
 
 
-def test_gpu_device_without_a_gpu_is_a_settings_error(qwen_dir: Path) -> None:
+def test_gpu_device_without_a_gpu_is_a_settings_error(tiny_qwen3_asr: Path) -> None:
     import mlx.core as mx
 
     from rapl.backends.mlx import _device
@@ -273,3 +195,146 @@ def test_gpu_device_without_a_gpu_is_a_settings_error(qwen_dir: Path) -> None:
     assert _device("auto", mx) == mx.Device(mx.cpu, 0)
     with pytest.raises(SettingsError, match="DEVICE=cuda"):
         _device("cuda", mx)
+
+
+# -- through the real server and the openai SDK (BACKEND=mlx) ---------------------------------
+
+TINY = {"qwen3": "tiny_qwen3_asr", "sensevoice": "tiny_mlx_sensevoice"}
+
+
+def noise(seconds: float) -> bytes:
+    """A 16 kHz mono WAV of ``seconds`` of quiet noise (the tiny models answer anything)."""
+    return wav_bytes(np.random.default_rng(1).normal(0.0, 0.05, int(seconds * 16000)).astype(np.float32))
+
+
+CLIP = noise(2.0)
+
+
+def mlx_server(offline_server: Callable[..., Server], request: pytest.FixtureRequest, model: str,
+               **settings: str) -> Server:
+    """The module's server (BACKEND=mlx, CPU) for the tiny ``model`` ("qwen3" or "sensevoice")."""
+    return offline_server(BACKEND="mlx", LOCAL_MODEL=str(request.getfixturevalue(TINY[model])), **settings)
+
+
+def transcribe(server: Server, clip: bytes = CLIP, **kwargs: Any) -> Any:
+    """POST /v1/audio/transcriptions through the official SDK."""
+    return server.sdk.audio.transcriptions.create(model="whisper-1", file=("clip.wav", clip), **kwargs)
+
+
+@pytest.mark.parametrize("model", ["qwen3", "sensevoice"])
+def test_server_loads_by_local_model_alone(offline_server, request, offline, model: str) -> None:
+    server = mlx_server(offline_server, request, model)
+    path = str(request.getfixturevalue(TINY[model]))
+    with server.http() as http:
+        health = http.get("/health").json()
+    assert (health["status"], health["backend"], health["model"]) == ("ready", "mlx", path)
+    assert [m.id for m in server.sdk.models.list()] == [path]
+    assert server.worker.backend.family_key == {"qwen3": "qwen3_asr", "sensevoice": "sensevoice"}[model]
+    assert offline == []
+
+
+@pytest.mark.parametrize("model", ["qwen3", "sensevoice"])
+def test_server_every_response_format(offline_server, request, offline, model: str) -> None:
+    import srt
+    import webvtt
+
+    server = mlx_server(offline_server, request, model)
+    verbose = transcribe(server, response_format="verbose_json", language="en")
+    text = verbose.text
+    assert text and "<|" not in text and "asr_text" not in text and "\ufffd" not in text
+    assert (verbose.task, verbose.language, verbose.duration, verbose.usage.seconds) == (
+        "transcribe", "english", 2.0, 2)
+    (segment,) = verbose.segments
+    assert (segment.id, segment.start, segment.end, segment.text) == (0, 0.0, 2.0, text)
+    if model == "qwen3":
+        assert len(text) == token_limit(2.0) == 52  # one character per token, up to the limit
+        assert segment.model_extra == {"language": "en"}
+    else:
+        extra = segment.model_extra  # SenseVoice's emotion and event, as RAPL extensions
+        assert "emotion" in extra and ("event" in extra or "events" in extra), extra
+    assert transcribe(server, response_format="json", language="en").text == text
+    assert transcribe(server, language="en").text == text  # json is the default
+    assert transcribe(server, response_format="text", language="en").strip() == text
+    (subtitle,) = srt.parse(transcribe(server, response_format="srt", language="en"))
+    assert (subtitle.index, subtitle.content, subtitle.end.total_seconds()) == (1, text, 2.0)
+    (caption,) = webvtt.from_string(transcribe(server, response_format="vtt", language="en"))
+    assert (caption.start, caption.end, caption.text) == ("00:00:00.000", "00:00:02.000", text)
+    assert offline == []
+
+
+@pytest.mark.parametrize(("model", "asked", "sent", "reported"), [
+    ("qwen3", "en", "English", "english"),
+    ("qwen3", "yue", "Cantonese", "cantonese"),
+    ("qwen3", "German", "German", "german"),  # a language name is accepted too
+    ("qwen3", "pt-BR", "Portuguese", "portuguese"),
+    ("qwen3", "tl", "Filipino", "tagalog"),  # Qwen3-ASR's spelling in, OpenAI's name out
+    ("sensevoice", "en", "en", "english"),
+    ("sensevoice", "ko", "ko", "korean"),
+])
+def test_server_maps_the_language(offline_server, request, monkeypatch, offline, model: str, asked: str,
+                                  sent: str, reported: str) -> None:
+    server = mlx_server(offline_server, request, model)
+    spy = GenerateSpy.attach(server.worker.backend._model, monkeypatch)
+    result = transcribe(server, response_format="verbose_json", language=asked)
+    assert spy.calls[-1][0]["language"] == sent
+    assert result.language == reported
+    assert offline == []
+
+
+@pytest.mark.parametrize(("model", "code", "listed"), [
+    ("qwen3", "sw", "ar, cs, da, de, el, en, es"), ("qwen3", "klingon", "yue, zh"),
+    ("sensevoice", "de", "en, ja, ko, yue, zh"), ("sensevoice", "fr", "en, ja, ko, yue, zh"),
+])
+def test_server_rejects_an_unsupported_language(offline_server, request, offline, model: str, code: str,
+                                                listed: str) -> None:
+    server = mlx_server(offline_server, request, model)
+    with pytest.raises(openai.BadRequestError) as info:
+        transcribe(server, language=code)
+    error = info.value.body
+    assert info.value.status_code == 400
+    assert (error["param"], error["code"]) == ("language", "unsupported_language")
+    assert repr(code) in error["message"] and listed in error["message"]
+    assert transcribe(server).text  # and it goes on serving
+    assert offline == []
+
+
+@pytest.mark.parametrize("seconds", [1.0, 3.0, 11.0])
+def test_server_generation_limit(offline_server, request, monkeypatch, offline, seconds: float) -> None:
+    """The tiny Qwen3-ASR never ends: the answer still comes, as long as the limit allows."""
+    server = mlx_server(offline_server, request, "qwen3")
+    spy = GenerateSpy.attach(server.worker.backend._model, monkeypatch)
+    result = transcribe(server, noise(seconds), response_format="verbose_json", language="en")
+    limit = token_limit(seconds)
+    assert limit == {1.0: 42, 3.0: 62, 11.0: 142}[seconds]
+    (segment,) = result.segments
+    assert len(result.text) == len(segment.text) == limit  # one character per token: the limit stopped it
+    kwargs, output = spy.calls[-1]
+    assert kwargs["max_tokens"] == limit and output.generation_tokens == limit
+    assert offline == []
+
+
+def test_server_generation_limit_is_per_chunk(offline_server, request, monkeypatch, offline) -> None:
+    """35 s without VAD is a 30 s chunk and a 5 s one, each with its own limit."""
+    server = mlx_server(offline_server, request, "qwen3")
+    spy = GenerateSpy.attach(server.worker.backend._model, monkeypatch)
+    result = transcribe(server, noise(35.0), response_format="verbose_json", language="en")
+    assert [(s.start, s.end) for s in result.segments] == [(0.0, 30.0), (30.0, 35.0)]
+    assert [len(s.text) for s in result.segments] == [token_limit(30.0), token_limit(5.0)] == [332, 82]
+    assert [c[0]["max_tokens"] for c in spy.calls] == [332, 82]
+    assert offline == []
+
+
+def test_server_streams(offline_server, request, offline) -> None:
+    server = mlx_server(offline_server, request, "qwen3")
+    *deltas, done = transcribe(server, stream=True, language="en")
+    assert deltas and all(e.type == "transcript.text.delta" for e in deltas)
+    assert done.type == "transcript.text.done" and "".join(e.delta for e in deltas) == done.text
+    assert len(done.text) == token_limit(2.0)
+    assert offline == []
+
+
+def test_server_cannot_translate(offline_server, request) -> None:
+    server = mlx_server(offline_server, request, "qwen3")
+    with pytest.raises(openai.BadRequestError) as info:
+        server.sdk.audio.translations.create(model="whisper-1", file=("clip.wav", CLIP))
+    assert info.value.body["code"] == "translation_unsupported"

@@ -5,6 +5,9 @@ The tiny models (tests/tiny_funasr.py) ignore the sound and answer a known text:
 says "<|lang|><|NEUTRAL|><|Speech|><|withitn or woitn|> hello world hello ..." for the
 requested language (auto answers en), switching word every 0.6 s; the Paraformer says
 "hello"/"world" about four times a second.
+
+The last part serves them through a real waitress server (BACKEND=sensevoice) to the official
+openai SDK, with every connection beyond loopback blocked while they load and answer.
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
 
 from config import Settings
+from conftest import Server, wav_bytes
 from rapl.backends import Backend, create
 from rapl.backends.sensevoice import (
     FAMILIES,
@@ -37,8 +42,9 @@ from rapl.backends.sensevoice import (
     timed_words,
 )
 from rapl.errors import APIError
+from rapl.languages import NAMES
+from rapl.richtext import EMOTION_EMOJI, EVENT_EMOJI
 from rapl.transcription import Options, Segment
-from tiny_funasr import make_paraformer, make_sensevoice
 
 ROOT = Path(__file__).resolve().parents[1]
 SENSEVOICE_LANGUAGES = ("zh", "en", "yue", "ja", "ko")
@@ -46,72 +52,7 @@ WORDS = re.compile(r"^(hello|world)( (hello|world))*$")
 TWO_SECONDS = np.random.default_rng(1).normal(0.0, 0.05, 32000).astype(np.float32)
 
 
-# -- fixtures (module-local for now) ---------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def tiny_sensevoice(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny SenseVoiceSmall directory in the real hub layout."""
-    return make_sensevoice(tmp_path_factory.mktemp("tiny") / "SenseVoiceSmall")
-
-
-@pytest.fixture(scope="session")
-def tiny_paraformer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Paraformer directory in the real hub layout."""
-    return make_paraformer(tmp_path_factory.mktemp("tiny") / "paraformer")
-
-
-@pytest.fixture(scope="module")
-def offline() -> Iterator[list[Any]]:
-    """Block every outgoing connection and DNS lookup; yields the attempts made."""
-    attempts: list[Any] = []
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        attempts.append(args[1:] or args)
-        raise OSError("network access is blocked in this test")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket.socket, "connect_ex", refuse)
-        patch.setattr(socket, "getaddrinfo", refuse)
-        yield attempts
-    assert attempts == [], f"something tried the network: {attempts}"
-
-
-@pytest.fixture(scope="module")
-def backend(offline: list[Any], tiny_sensevoice: Path) -> Callable[..., SenseVoiceBackend]:
-    """Factory: a loaded backend on the tiny SenseVoice for settings overrides (cached)."""
-    loaded: dict[tuple[tuple[str, str], ...], SenseVoiceBackend] = {}
-
-    def get(model: Path = tiny_sensevoice, **overrides: str) -> SenseVoiceBackend:
-        key = tuple(sorted({"LOCAL_MODEL": str(model), **overrides}.items()))
-        if key not in loaded:
-            settings = Settings.load({"ENV_FILE": "", "LOCAL_MODEL": str(model), "THREADS": "1",
-                                      **overrides}, environ={})
-            instance = SenseVoiceBackend(settings)
-            instance.load()
-            loaded[key] = instance
-        return loaded[key]
-
-    return get
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> Callable[[SenseVoiceBackend], list[dict[str, Any]]]:
-    """spy(backend): record every AutoModel.generate call's keyword arguments."""
-
-    def attach(instance: SenseVoiceBackend) -> list[dict[str, Any]]:
-        calls: list[dict[str, Any]] = []
-        real = instance._auto.generate
-
-        def generate(input: Any, **kwargs: Any) -> Any:
-            calls.append(kwargs)
-            return real(input=input, **kwargs)
-
-        monkeypatch.setattr(instance._auto, "generate", generate)
-        return calls
-
-    return attach
-
+# -- helpers --------------------------------------------------------------------------------
 
 def fake_output(monkeypatch: pytest.MonkeyPatch, instance: SenseVoiceBackend, text: str) -> None:
     """Make the model answer ``text`` (SenseVoice's raw output) without running it."""
@@ -162,10 +103,10 @@ def test_tiny_sensevoice_is_the_real_layout(tiny_sensevoice: Path):
     assert read_model_class(tiny_sensevoice) == "SenseVoiceSmall"
 
 
-def test_loads_offline_through_automodel(backend, offline, tiny_sensevoice: Path):
+def test_loads_offline_through_automodel(funasr_backend, offline, tiny_sensevoice: Path):
     from funasr import AutoModel
 
-    instance = backend()
+    instance = funasr_backend()
     assert isinstance(instance._auto, AutoModel)
     assert instance.model == str(tiny_sensevoice)
     assert instance.model_class == "SenseVoiceSmall"
@@ -174,12 +115,12 @@ def test_loads_offline_through_automodel(backend, offline, tiny_sensevoice: Path
     assert offline == []
 
 
-def test_threads_setting_holds_after_generate(backend):
+def test_threads_setting_holds_after_generate(funasr_backend):
     import torch
 
     before = torch.get_num_threads()
     try:
-        instance = backend()
+        instance = funasr_backend()
         run(instance)  # AutoModel.generate resets torch's threads to its own ncpu
         assert torch.get_num_threads() == 1
     finally:
@@ -188,8 +129,8 @@ def test_threads_setting_holds_after_generate(backend):
 
 # -- transcription -------------------------------------------------------------------------------
 
-def test_plain_text_has_no_tags(backend):
-    result, done = run(backend())
+def test_plain_text_has_no_tags(funasr_backend):
+    result, done = run(funasr_backend())
     assert result.text == "hello world hello world"
     assert "<|" not in result.text
     assert result.language == "en" and result.duration == 2.0
@@ -200,14 +141,14 @@ def test_plain_text_has_no_tags(backend):
     assert segment.words == ()
 
 
-def test_tags_mode_keeps_the_raw_output(backend):
-    result, _ = run(backend(RICH_TEXT="tags"))
+def test_tags_mode_keeps_the_raw_output(funasr_backend):
+    result, _ = run(funasr_backend(RICH_TEXT="tags"))
     assert result.text == "<|en|><|NEUTRAL|><|Speech|><|withitn|> hello world hello world"
     assert result.segments[0].extra == {"emotion": "neutral", "events": ["speech"]}
 
 
-def test_emoji_mode(backend, monkeypatch):
-    instance = backend(RICH_TEXT="emoji")
+def test_emoji_mode(funasr_backend, monkeypatch):
+    instance = funasr_backend(RICH_TEXT="emoji")
     assert run(instance)[0].text == "hello world hello world"  # neutral speech: no emoji
     fake_output(monkeypatch, instance, "<|en|><|HAPPY|><|Laughter|><|woitn|>ha ha that is funny")
     result, _ = run(instance)
@@ -215,12 +156,12 @@ def test_emoji_mode(backend, monkeypatch):
     assert result.segments[0].extra == {"emotion": "happy", "events": ["laughter"]}
 
 
-def test_each_mode_on_a_rich_output(backend, monkeypatch):
+def test_each_mode_on_a_rich_output(funasr_backend, monkeypatch):
     raw = ("<|zh|><|ANGRY|><|Applause|><|woitn|>我起飞前没有扫二维码 "
            "<|en|><|NEUTRAL|><|Speech|><|woitn|>okay")
     expected = {"plain": "我起飞前没有扫二维码 okay", "emoji": "👏我起飞前没有扫二维码😡 okay", "tags": raw}
     for mode, text in expected.items():
-        instance = backend(RICH_TEXT=mode)
+        instance = funasr_backend(RICH_TEXT=mode)
         fake_output(monkeypatch, instance, raw)
         result, _ = run(instance)
         assert result.text == text, mode
@@ -229,44 +170,44 @@ def test_each_mode_on_a_rich_output(backend, monkeypatch):
 
 
 @pytest.mark.parametrize(("itn", "tag"), [("true", "<|withitn|>"), ("false", "<|woitn|>")])
-def test_use_itn_reaches_the_model(backend, spy, itn, tag):
-    instance = backend(RICH_TEXT="tags", USE_ITN=itn)
-    calls = spy(instance)
+def test_use_itn_reaches_the_model(funasr_backend, funasr_spy, itn, tag):
+    instance = funasr_backend(RICH_TEXT="tags", USE_ITN=itn)
+    calls = funasr_spy(instance)
     result, _ = run(instance)
     assert calls[-1]["use_itn"] is (itn == "true")
     assert tag in result.text
 
 
 @pytest.mark.parametrize("code", SENSEVOICE_LANGUAGES)
-def test_each_language_code_is_accepted(backend, spy, code):
-    instance = backend(RICH_TEXT="tags")
-    calls = spy(instance)
+def test_each_language_code_is_accepted(funasr_backend, funasr_spy, code):
+    instance = funasr_backend(RICH_TEXT="tags")
+    calls = funasr_spy(instance)
     result, _ = run(instance, language=code)
     assert calls[-1]["language"] == code
     assert result.language == code
     assert result.text.startswith(f"<|{code}|><|NEUTRAL|>")
 
 
-def test_auto_language_is_detected(backend, spy):
-    instance = backend()
-    calls = spy(instance)
+def test_auto_language_is_detected(funasr_backend, funasr_spy):
+    instance = funasr_backend()
+    calls = funasr_spy(instance)
     result, _ = run(instance, language=None)
     assert calls[-1]["language"] == "auto"
     assert result.language == "en"
 
 
 @pytest.mark.parametrize("code", ["fr", "de", "klingon"])
-def test_unknown_language_is_400(backend, code):
+def test_unknown_language_is_400(funasr_backend, code):
     with pytest.raises(APIError) as caught:
-        run(backend(), language=code)
+        run(funasr_backend(), language=code)
     error = caught.value
     assert (error.status, error.param, error.code) == (400, "language", "unsupported_language")
     assert "en, ja, ko, yue, zh" in error.message and repr(code) in error.message
 
 
-def test_word_timestamps(backend, spy):
-    instance = backend()
-    calls = spy(instance)
+def test_word_timestamps(funasr_backend, funasr_spy):
+    instance = funasr_backend()
+    calls = funasr_spy(instance)
     result, _ = run(instance, word_timestamps=True)
     assert calls[-1]["output_timestamp"] is True
     words = result.words
@@ -276,15 +217,15 @@ def test_word_timestamps(backend, spy):
     assert words[1].start == pytest.approx(0.27, abs=0.07)  # the second word starts near 0.3 s
 
 
-def test_no_timestamps_unless_asked(backend, spy):
-    instance = backend()
-    calls = spy(instance)
+def test_no_timestamps_unless_asked(funasr_backend, funasr_spy):
+    instance = funasr_backend()
+    calls = funasr_spy(instance)
     result, _ = run(instance)
     assert "output_timestamp" not in calls[-1] and result.words == ()
 
 
-def test_failed_word_timing_keeps_the_text(backend, monkeypatch, caplog):
-    instance = backend()
+def test_failed_word_timing_keeps_the_text(funasr_backend, monkeypatch, caplog):
+    instance = funasr_backend()
     real = instance._auto.generate
 
     def generate(input: Any, **kwargs: Any) -> Any:
@@ -299,17 +240,17 @@ def test_failed_word_timing_keeps_the_text(backend, monkeypatch, caplog):
     assert "failed to time words" in caplog.text
 
 
-def test_prompt_is_not_passed_to_sensevoice(backend, spy):
-    instance = backend()
-    calls = spy(instance)
+def test_prompt_is_not_passed_to_sensevoice(funasr_backend, funasr_spy):
+    instance = funasr_backend()
+    calls = funasr_spy(instance)
     run(instance, prompt="Kubernetes gRPC")
     assert set(calls[-1]) == {"language", "use_itn"}
 
 
 @pytest.mark.parametrize(("mode", "text"), [("plain", ""), ("emoji", "🎼"),
                                             ("tags", "<|nospeech|><|EMO_UNKNOWN|><|BGM|><|woitn|>")])
-def test_event_only_output(backend, monkeypatch, mode, text):
-    instance = backend(RICH_TEXT=mode)
+def test_event_only_output(funasr_backend, monkeypatch, mode, text):
+    instance = funasr_backend(RICH_TEXT=mode)
     fake_output(monkeypatch, instance, "<|nospeech|><|EMO_UNKNOWN|><|BGM|><|woitn|>")
     result, done = run(instance)
     assert result.text == text and result.language is None
@@ -321,30 +262,30 @@ def test_event_only_output(backend, monkeypatch, mode, text):
         assert done == [] and result.segments == ()
 
 
-def test_requested_language_is_kept_when_nothing_is_said(backend, monkeypatch):
-    instance = backend()
+def test_requested_language_is_kept_when_nothing_is_said(funasr_backend, monkeypatch):
+    instance = funasr_backend()
     fake_output(monkeypatch, instance, "<|nospeech|><|EMO_UNKNOWN|><|Event_UNK|><|woitn|>")
     assert run(instance, language="ja")[0].language == "ja"
 
 
-def test_empty_and_tiny_audio(backend, spy):
-    instance = backend()
-    calls = spy(instance)
+def test_empty_and_tiny_audio(funasr_backend, funasr_spy):
+    instance = funasr_backend()
+    calls = funasr_spy(instance)
     result, done = run(instance, np.zeros(0, np.float32))
     assert (result.text, result.duration, result.segments, done, calls) == ("", 0.0, (), [], [])
     result, _ = run(instance, np.zeros(800, np.float32))  # 50 ms
     assert result.duration == 0.05
 
 
-def test_float64_and_2d_audio_are_accepted(backend):
-    result, _ = run(backend(), TWO_SECONDS.astype(np.float64)[None, :])
+def test_float64_and_2d_audio_are_accepted(funasr_backend):
+    result, _ = run(funasr_backend(), TWO_SECONDS.astype(np.float64)[None, :])
     assert result.text == "hello world hello world"
 
 
-def test_generation_is_fast(backend):
+def test_generation_is_fast(funasr_backend):
     import time
 
-    instance = backend()
+    instance = funasr_backend()
     started = time.perf_counter()
     run(instance, np.zeros(16000 * 10, np.float32))
     assert time.perf_counter() - started < 3.0
@@ -352,14 +293,14 @@ def test_generation_is_fast(backend):
 
 # -- Paraformer through the same class ---------------------------------------------------------
 
-def test_paraformer_loads_and_serves(backend, spy, tiny_paraformer: Path, caplog):
+def test_paraformer_loads_and_serves(funasr_backend, funasr_spy, tiny_paraformer: Path, caplog):
     with caplog.at_level(logging.WARNING, logger="rapl.backends.sensevoice"):
-        instance = backend(tiny_paraformer)
+        instance = funasr_backend(tiny_paraformer)
     assert instance.model_class == "Paraformer"
     assert instance.languages == frozenset({"zh", "en"}) and instance.can_time_words
     if not _cached(PUNC_MODEL):
         assert "writes no punctuation" in caplog.text
-    calls = spy(instance)
+    calls = funasr_spy(instance)
     result, done = run(instance, word_timestamps=True)
     assert WORDS.match(result.text), result.text
     assert result.language == "en"  # told from the script
@@ -372,17 +313,17 @@ def test_paraformer_loads_and_serves(backend, spy, tiny_paraformer: Path, caplog
     assert all(a.start < b.start for a, b in zip(words, words[1:], strict=False))
 
 
-def test_paraformer_accepts_zh_and_en_only(backend, tiny_paraformer: Path, spy):
-    instance = backend(tiny_paraformer)
-    calls = spy(instance)
+def test_paraformer_accepts_zh_and_en_only(funasr_backend, tiny_paraformer: Path, funasr_spy):
+    instance = funasr_backend(tiny_paraformer)
+    calls = funasr_spy(instance)
     assert run(instance, language="zh")[0].language == "zh"
     assert "language" not in calls[-1]
     with pytest.raises(APIError, match="en, zh"):
         run(instance, language="ja")
 
 
-def test_paraformer_chinese_is_not_spaced_out(backend, tiny_paraformer: Path, monkeypatch):
-    instance = backend(tiny_paraformer)
+def test_paraformer_chinese_is_not_spaced_out(funasr_backend, tiny_paraformer: Path, monkeypatch):
+    instance = funasr_backend(tiny_paraformer)
     monkeypatch.setattr(instance._auto, "generate", lambda input, **kwargs: [
         {"key": "k", "text": "你 好 hello world", "timestamp": [[0, 100], [100, 200], [200, 400], [400, 600]]}])
     result, _ = run(instance, word_timestamps=True)
@@ -391,8 +332,8 @@ def test_paraformer_chinese_is_not_spaced_out(backend, tiny_paraformer: Path, mo
                                                        ("world", 0.6)]
 
 
-def test_paraformer_very_short_audio(backend, tiny_paraformer: Path):
-    result, done = run(backend(tiny_paraformer), np.zeros(1600, np.float32))
+def test_paraformer_very_short_audio(funasr_backend, tiny_paraformer: Path):
+    result, done = run(funasr_backend(tiny_paraformer), np.zeros(1600, np.float32))
     assert result.text == "" and done == []
 
 
@@ -499,3 +440,178 @@ def test_modelscope_id_is_found_in_the_cache_offline(tiny_sensevoice: Path, tmp_
                           env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == f"{cached} False"
+
+
+# -- through the real server and the openai SDK (BACKEND=sensevoice) --------------------------
+
+CLIP = wav_bytes(TWO_SECONDS)  # the tiny SenseVoice says HELLO for it
+HELLO = "hello world hello world"
+EMOJI = set(EMOTION_EMOJI.values()) | set(EVENT_EMOJI.values())
+TINY_SENSEVOICE = {"neutral": "tiny_sensevoice", "happy": "tiny_sensevoice_happy"}
+
+
+def sensevoice_server(offline_server: Callable[..., Server], model: Path, **settings: str) -> Server:
+    """The module's server for ``model`` and ``settings`` (BACKEND=sensevoice), started offline."""
+    return offline_server(BACKEND="sensevoice", LOCAL_MODEL=str(model), **settings)
+
+
+def transcribe(server: Server, clip: bytes = CLIP, **kwargs: Any) -> Any:
+    """POST /v1/audio/transcriptions through the official SDK."""
+    return server.sdk.audio.transcriptions.create(model="whisper-1", file=("clip.wav", clip), **kwargs)
+
+
+def has_emoji(text: str) -> bool:
+    return any(ch in EMOJI or unicodedata.category(ch) == "So" for ch in text)
+
+
+def test_server_loads_the_tiny_model_offline(offline_server, tiny_sensevoice: Path, offline):
+    server = sensevoice_server(offline_server, tiny_sensevoice)
+    with server.http() as http:
+        health = http.get("/health").json()
+    assert (health["status"], health["backend"], health["model"]) == ("ready", "sensevoice", str(tiny_sensevoice))
+    assert [m.id for m in server.sdk.models.list()] == [str(tiny_sensevoice)]
+    assert transcribe(server).text == HELLO
+    assert server.worker.backend.model_class == "SenseVoiceSmall"
+    assert offline == []
+
+
+@pytest.mark.parametrize(("voice", "mode", "text", "emotion", "events"), [
+    ("neutral", "plain", HELLO, "neutral", ["speech"]),
+    ("neutral", "emoji", HELLO, "neutral", ["speech"]),  # neutral speech has no emoji
+    ("neutral", "tags", f"<|en|><|NEUTRAL|><|Speech|><|withitn|> {HELLO}", "neutral", ["speech"]),
+    ("happy", "plain", HELLO, "happy", ["laughter"]),
+    ("happy", "emoji", f"😀{HELLO}😊", "happy", ["laughter"]),
+    ("happy", "tags", f"<|en|><|HAPPY|><|Laughter|><|withitn|> {HELLO}", "happy", ["laughter"]),
+])
+def test_server_rich_text_modes(offline_server, request, offline, voice, mode, text, emotion, events):
+    model = request.getfixturevalue(TINY_SENSEVOICE[voice])
+    server = sensevoice_server(offline_server, model, RICH_TEXT=mode)
+    result = transcribe(server, response_format="verbose_json")
+    assert result.text == text
+    assert ("<|" in result.text) is (mode == "tags")
+    assert has_emoji(result.text) is (mode == "emoji" and voice == "happy")
+    (segment,) = result.segments
+    assert (segment.text, segment.emotion, segment.events) == (text, emotion, events)
+    assert transcribe(server, response_format="text").strip() == text
+    assert offline == []
+
+
+@pytest.mark.parametrize(("itn", "tag"), [("true", "<|withitn|>"), ("false", "<|woitn|>")])
+def test_server_use_itn(offline_server, tiny_sensevoice: Path, offline, itn, tag):
+    tags = transcribe(sensevoice_server(offline_server, tiny_sensevoice, RICH_TEXT="tags", USE_ITN=itn))
+    assert tags.text == f"<|en|><|NEUTRAL|><|Speech|>{tag} {HELLO}"
+    # The tiny model writes the same words either way: only the tag tells the setting reached it.
+    assert transcribe(sensevoice_server(offline_server, tiny_sensevoice, USE_ITN=itn)).text == HELLO
+    assert offline == []
+
+
+@pytest.mark.parametrize("code", SENSEVOICE_LANGUAGES)
+def test_server_accepts_each_language(offline_server, tiny_sensevoice: Path, offline, code):
+    plain = transcribe(sensevoice_server(offline_server, tiny_sensevoice), language=code,
+                       response_format="verbose_json")
+    assert (plain.text, plain.language) == (HELLO, NAMES[code])  # "zh" -> "chinese", ...
+    tags = transcribe(sensevoice_server(offline_server, tiny_sensevoice, RICH_TEXT="tags"), language=code)
+    assert tags.text.startswith(f"<|{code}|><|NEUTRAL|>")  # the model was asked for that language
+    assert offline == []
+
+
+@pytest.mark.parametrize(("asked", "reported"), [(None, "english"), ("Chinese", "chinese"),
+                                                 ("zh-CN", "chinese"), ("auto", "english")])
+def test_server_detects_or_maps_the_language(offline_server, tiny_sensevoice: Path, asked, reported):
+    kwargs = {"language": asked} if asked else {}
+    result = transcribe(sensevoice_server(offline_server, tiny_sensevoice), response_format="verbose_json",
+                        **kwargs)
+    assert result.language == reported
+
+
+@pytest.mark.parametrize("code", ["fr", "de", "klingon"])
+def test_server_rejects_an_unsupported_language(offline_server, tiny_sensevoice: Path, offline, code):
+    server = sensevoice_server(offline_server, tiny_sensevoice)
+    with pytest.raises(openai.BadRequestError) as info:
+        transcribe(server, language=code)
+    error = info.value.body
+    assert info.value.status_code == 400
+    assert (error["param"], error["code"], error["type"]) == ("language", "unsupported_language",
+                                                              "invalid_request_error")
+    assert "en, ja, ko, yue, zh" in error["message"] and repr(code) in error["message"]
+    assert transcribe(server).text == HELLO  # and the server goes on serving
+    assert offline == []
+
+
+def test_server_verbose_json_has_the_rapl_extensions(offline_server, tiny_sensevoice: Path, offline):
+    result = transcribe(sensevoice_server(offline_server, tiny_sensevoice), response_format="verbose_json")
+    assert (result.task, result.language, result.duration, result.text) == ("transcribe", "english", 2.0, HELLO)
+    assert result.usage.seconds == 2
+    (segment,) = result.segments
+    assert (segment.id, segment.seek, segment.start, segment.end) == (0, 0, 0.0, 2.0)
+    assert (segment.text, segment.tokens, segment.no_speech_prob) == (HELLO, [], 0.0)
+    assert segment.model_extra == {"emotion": "neutral", "events": ["speech"]}  # RAPL's fields
+    assert result.words is None
+    assert offline == []
+
+
+def test_server_every_response_format(offline_server, tiny_sensevoice: Path, offline):
+    import srt
+    import webvtt
+
+    server = sensevoice_server(offline_server, tiny_sensevoice)
+    assert transcribe(server, response_format="json").text == HELLO
+    assert transcribe(server).text == HELLO  # json is the default
+    text = transcribe(server, response_format="text")
+    assert isinstance(text, str) and text.strip() == HELLO
+    (subtitle,) = srt.parse(transcribe(server, response_format="srt"))
+    assert (subtitle.index, subtitle.content) == (1, HELLO)
+    assert (subtitle.start.total_seconds(), subtitle.end.total_seconds()) == (0.0, 2.0)
+    (caption,) = webvtt.from_string(transcribe(server, response_format="vtt"))
+    assert (caption.start, caption.end, caption.text) == ("00:00:00.000", "00:00:02.000", HELLO)
+    verbose = transcribe(server, response_format="verbose_json")
+    assert verbose.text == HELLO and [s.text for s in verbose.segments] == [HELLO]
+    assert offline == []
+
+
+def test_server_word_timestamps(offline_server, tiny_sensevoice: Path, offline):
+    result = transcribe(sensevoice_server(offline_server, tiny_sensevoice), response_format="verbose_json",
+                        timestamp_granularities=["word", "segment"])
+    assert [w.word for w in result.words] == ["hello", "world", "hello", "world"]
+    assert all(0.0 <= w.start < w.end <= 2.0 for w in result.words)
+    assert offline == []
+
+
+def test_server_streams(offline_server, tiny_sensevoice: Path, offline):
+    events = list(transcribe(sensevoice_server(offline_server, tiny_sensevoice), stream=True))
+    *deltas, done = events
+    assert deltas and all(e.type == "transcript.text.delta" for e in deltas)
+    assert done.type == "transcript.text.done"
+    assert "".join(e.delta for e in deltas) == done.text == HELLO
+    assert done.usage.seconds == 2
+    assert offline == []
+
+
+def test_server_cannot_translate(offline_server, tiny_sensevoice: Path):
+    server = sensevoice_server(offline_server, tiny_sensevoice)
+    with pytest.raises(openai.BadRequestError) as info:
+        server.sdk.audio.translations.create(model="whisper-1", file=("clip.wav", CLIP))
+    assert info.value.body["code"] == "translation_unsupported"
+
+
+def test_server_serves_paraformer_by_changing_local_model(offline_server, tiny_paraformer: Path, offline):
+    server = sensevoice_server(offline_server, tiny_paraformer)
+    assert [m.id for m in server.sdk.models.list()] == [str(tiny_paraformer)]
+    assert server.worker.backend.model_class == "Paraformer"
+    result = transcribe(server, response_format="verbose_json", timestamp_granularities=["word", "segment"])
+    assert WORDS.match(result.text), result.text
+    assert (result.language, result.duration) == ("english", 2.0)  # told from the script
+    (segment,) = result.segments
+    assert segment.text == result.text and segment.model_extra == {}  # no SenseVoice tags
+    assert " ".join(w.word for w in result.words) == result.text
+    assert transcribe(server, language="zh", response_format="verbose_json").language == "chinese"
+    with pytest.raises(openai.BadRequestError) as info:
+        transcribe(server, language="ja")
+    assert info.value.body["param"] == "language" and "en, zh" in info.value.body["message"]
+    import srt
+
+    (subtitle,) = srt.parse(transcribe(server, response_format="srt"))
+    assert subtitle.content == result.text
+    *deltas, done = transcribe(server, stream=True)
+    assert "".join(e.delta for e in deltas) == done.text == result.text
+    assert offline == []

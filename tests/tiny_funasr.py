@@ -9,8 +9,8 @@ The weights are chosen by hand, not trained, so the output is known in advance:
 
 * ``make_sensevoice``: the model's four query frames (language, event, emotion, text
   norm) each map to one tag, so the output always starts with the requested language
-  (``auto`` answers ``en``), ``<|NEUTRAL|><|Speech|>`` and ``<|withitn|>`` or
-  ``<|woitn|>`` as asked.  The audio frames then say "hello world hello world ...",
+  (``auto`` answers ``en``), ``<|NEUTRAL|><|Speech|>`` (or the emotion and event
+  given) and ``<|withitn|>`` or ``<|woitn|>`` as asked.  The audio frames then say "hello world hello world ...",
   switching word about every 0.6 s.
 * ``make_paraformer``: a Paraformer whose CIF predictor fires at a fixed rate (about one
   token every 0.25 s) and whose decoder only ever picks "hello" or "world".
@@ -249,11 +249,20 @@ normalize: null
 """
 
 
-def make_sensevoice(path: Path) -> Path:
-    """Write a tiny SenseVoiceSmall directory at ``path`` (created) and return ``path``."""
+def make_sensevoice(path: Path, emotion: str = "NEUTRAL", event: str = "Speech") -> Path:
+    """Write a tiny SenseVoiceSmall directory at ``path`` (created) and return ``path``.
+
+    ``emotion`` and ``event`` name the tags (without ``<|...|>``) the model always answers
+    for its emotion and event queries: ``HAPPY`` and ``Laughter`` make it say
+    ``<|en|><|HAPPY|><|Laughter|><|withitn|> hello world ...``.
+    """
     import sentencepiece as spm
     import yaml
 
+    query_tags = {**SENSEVOICE_QUERY_TAGS, 1: f"<|{emotion}|>", 2: f"<|{event}|>"}
+    unknown = sorted(set(query_tags.values()) - set(SENSEVOICE_TAGS))
+    if unknown:
+        raise ValueError(f"SenseVoice has no tag {unknown[0]}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.yaml").write_text(SENSEVOICE_CONFIG, encoding="utf-8")
@@ -276,7 +285,7 @@ def make_sensevoice(path: Path) -> Path:
 
     config = yaml.safe_load(SENSEVOICE_CONFIG)
     model = _build("SenseVoiceSmall", config, vocab_size=sp.get_piece_size())
-    _script_sensevoice(model, pieces, config["encoder_conf"]["output_size"])
+    _script_sensevoice(model, pieces, config["encoder_conf"]["output_size"], query_tags)
     _save(model, path / "model.pt")
     return path
 
@@ -336,7 +345,8 @@ def _save(model, path: Path) -> None:
     torch.save({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, path)
 
 
-def _script_sensevoice(model, pieces: dict[str, int], dim: int) -> None:
+def _script_sensevoice(model, pieces: dict[str, int], dim: int,
+                       query_tags: dict[int, str] = SENSEVOICE_QUERY_TAGS) -> None:
     """Hand-set the weights so each frame's output token is known (see module doc).
 
     Every encoder layer but the first becomes an identity (its residual branches are
@@ -353,13 +363,13 @@ def _script_sensevoice(model, pieces: dict[str, int], dim: int) -> None:
         for key, value in state.items():
             value.fill_(1.0 if key.endswith("norm1.weight") or key.endswith("norm2.weight")
                         or key.endswith("_norm.weight") else 0.0)
-        tokens = sorted(set(SENSEVOICE_QUERY_TAGS.values())) + [f"▁{w}" for w in WORDS]
+        tokens = sorted(set(query_tags.values())) + [f"▁{w}" for w in WORDS]
         code = {tok: i for i, tok in enumerate(tokens)}
-        for row in SENSEVOICE_QUERY_TAGS:
+        for row in query_tags:
             state["embed.weight"][row, row] = 100.0
         v_weight = state["encoder.encoders0.0.self_attn.linear_q_k_v.weight"][2 * dim:]
         v_bias = state["encoder.encoders0.0.self_attn.linear_q_k_v.bias"][2 * dim:]
-        for row, tag in SENSEVOICE_QUERY_TAGS.items():
+        for row, tag in query_tags.items():
             v_weight[code[tag], row] = 1.0
         wave, flat = _sin_dim(math.pi / 10), INPUT_SIZE // 2 - 1  # slow dim ~ sin(0) = 0
         for sign, word in ((1.0, "▁hello"), (-1.0, "▁world")):

@@ -7,10 +7,12 @@ loader, preprocessing and decoding code in about a second.  The text they produc
 
 * :func:`make_qwen3_asr`: Qwen3-ASR (``model_type: qwen3_asr``), with a byte-level BPE
   ``tokenizer.json`` trained here by the ``tokenizers`` library and the chat / audio tokens
-  the model's prompt uses.  The rows of the added tokens (and of lone partial UTF-8 bytes
-  and bare whitespace) in the tied embedding are zero, so greedy decoding never picks one:
-  the model never emits its end token and always runs to the generation limit it is given,
-  producing printable nonsense.
+  the model's prompt uses.  In the tied embedding only the rows of tokens that decode to
+  exactly one printable character are non-zero; the rest (the added tokens, lone partial
+  UTF-8 bytes, bare whitespace and every multi-character token) are zero, so greedy decoding
+  never picks one: the model never emits its end token, always runs to the generation limit
+  it is given, and writes printable nonsense one character per token, so the length of
+  its text is the number of tokens it generated.
 * :func:`make_mlx_sensevoice`: mlx-audio's SenseVoice (``model_type: sensevoice``), with a
   ``tokens.json`` vocabulary and Kaldi-style ``am.mvn`` statistics, as mlx-community ships.
 """
@@ -62,7 +64,7 @@ def make_qwen3_asr(path: Path) -> Path:
     model = Qwen3ASRModel(ModelConfig.from_dict(config))
     weights = dict(tree_flatten(model.parameters()))
     embed = weights["model.embed_tokens.weight"]
-    never = [ids[t] for t in QWEN_SPECIAL + QWEN_PLAIN_ADDED] + _partial_bytes(path)
+    never = [ids[t] for t in QWEN_SPECIAL + QWEN_PLAIN_ADDED] + _not_one_character(path)
     embed[mx.array(never)] = 0.0  # their logits stay 0 while the largest other is > 0: never picked
     weights["model.embed_tokens.weight"] = embed
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -141,16 +143,21 @@ def _write_qwen_tokenizer(path: Path) -> dict[str, int]:
     return ids
 
 
-def _partial_bytes(path: Path) -> list[int]:
-    """Ids of tokens that decode to no whole character alone (lone UTF-8 bytes of ``path``'s BPE).
+def _not_one_character(path: Path) -> list[int]:
+    """Ids of ``path``'s BPE tokens that do not decode, alone, to one printable character.
 
-    The tiny model never emits them, so its random text is printable rather than U+FFFD runs.
+    Lone partial UTF-8 bytes (which decode to U+FFFD), whitespace and multi-character tokens:
+    the tiny model never emits them, so its text is printable and one character per token.
     """
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     size = tok.get_vocab_size(with_added_tokens=False)
-    return [i for i in range(size) if "\ufffd" in tok.decode([i]) or not tok.decode([i]).strip()]
+    return [i for i in range(size) if not _one_printable(tok.decode([i]))]
+
+
+def _one_printable(text: str) -> bool:
+    return len(text) == 1 and text.isprintable() and not text.isspace() and text != "\ufffd"
 
 
 def _qwen_config(ids: dict[str, int]) -> dict[str, Any]:

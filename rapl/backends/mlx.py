@@ -33,6 +33,7 @@ import numpy as np
 from config import Settings, SettingsError
 
 from .. import languages as langs
+from .. import richtext
 from ..errors import APIError
 from ..transcription import Options, Segment, Transcription, Word, join_text
 from . import OnSegment
@@ -351,6 +352,11 @@ def _extra(raw: Any, family: Family) -> dict[str, Any]:
         code = _code(extra.pop("language"), family)
         if code:
             extra["language"] = code
+    if "event" in extra:  # mlx-audio SenseVoice: one raw tag name; RAPL reports a list, as FunASR does
+        event = str(extra.pop("event"))
+        extra["events"] = [richtext.EVENTS.get(event, event.lower())]
+    if "emotion" in extra:  # "HAPPY" -> "happy"; "unk", "other" or unknown ids -> "unknown"
+        extra["emotion"] = richtext.EMOTIONS.get(str(extra["emotion"]).upper(), "unknown")
     return extra
 
 
