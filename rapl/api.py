@@ -259,9 +259,11 @@ def get_model(model_id: str) -> Response:
 
 
 def health() -> Response:
-    """GET /health: loading, ready or failed, with backend, model and queue depth."""
+    """GET /health: loading, ready, unloaded or failed, with backend, model and queue depth."""
     body = worker().health()
-    return Response(json.dumps(body), status=200 if body["status"] == "ready" else 503,
+    # An idle-unloaded model is healthy: the next request reloads it (load balancers must send one).
+    healthy = body["status"] in ("ready", "unloading", "unloaded")
+    return Response(json.dumps(body), status=200 if healthy else 503,
                     content_type="application/json")
 
 

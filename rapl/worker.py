@@ -72,12 +72,15 @@ class ModelWorker:
         with self._lock:
             if not self._idle():  # a request came in meanwhile
                 return
-            self.state = "unloaded"
+            self.state = "unloading"
         from .backends import free_memory
 
         self.backend.unload()
         free_memory()
-        self.counters["unloads"] += 1
+        with self._lock:
+            self.counters["unloads"] += 1
+            if self.state == "unloading":  # else a request has already queued the reload
+                self.state = "unloaded"
         log.info("model %s unloaded after %d s idle; the next request reloads it",
                  self.backend.model, self.settings.MODEL_IDLE_UNLOAD)
 
@@ -104,7 +107,7 @@ class ModelWorker:
             self._waiting += 1
             self._tickets += 1
             try:
-                if self.state == "unloaded":  # idle unload: reload first, FIFO puts it ahead
+                if self.state in ("unloading", "unloaded"):  # idle unload: reload first, FIFO puts it ahead
                     self.state = "loading"
                     self.executor.submit(self._load)
                 return self.executor.submit(self._run, fn, self._tickets, time.monotonic(), connected)

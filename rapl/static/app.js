@@ -98,7 +98,10 @@
 
   /* ---------- server status ---------- */
 
-  const STATE_LABELS = { ready: "Ready", loading: "Loading model…", failed: "Model failed to load" };
+  const STATE_LABELS = {
+    ready: "Ready", loading: "Loading model…", failed: "Model failed to load",
+    unloading: "Idle (model freed)", unloaded: "Idle (model freed)",
+  };
 
   async function pollHealth() {
     clearTimeout(state.healthTimer);
