@@ -125,7 +125,9 @@ def test_request_waiting_too_long_gets_504(serve, whisper_model: str, spoken_sen
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(lambda: server.http().post("/v1/audio/transcriptions",
                                                        files={"file": ("l.wav", long_clip)}))
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while not server.worker.running and time.monotonic() < deadline:  # the long job is on the model
+            time.sleep(0.01)
         second = pool.submit(lambda: server.http().post("/v1/audio/transcriptions", files={"file": ("s.wav", short)}))
         assert first.result().status_code == 200
         resp = second.result()
