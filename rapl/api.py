@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from . import audio, formats, languages, openapi, pipeline
 from .errors import APIError
 from .metrics import metrics_of
-from .transcription import Options, Segment, Transcription
+from .transcription import Options, Segment, Transcription, join_text
 from .worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -208,9 +208,9 @@ def _streaming(work: ModelWorker, job: Callable[..., Transcription], headers: di
         sent = ""
         while True:
             kind, item = events.get()
-            if kind == "segment":
-                delta = (" " if sent and item.text else "") + item.text
-                sent += delta
+            if kind == "segment":  # join as the final text is joined (no space between CJK characters)
+                joined = join_text([sent, item.text])
+                delta, sent = joined[len(sent):], joined
                 if delta:
                     yield _sse({"type": "transcript.text.delta", "delta": delta, "logprobs": None})
                 continue
