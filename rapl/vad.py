@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 RATE = 16000
 _BLOCK = 10 * 60 * RATE  # VAD runs over 10-minute blocks, so its buffers stay small
 _PAD_MS = 200  # speech kept on each side of a detected span
+_MIN_SAMPLES = RATE // 10  # no speech fits in less than 0.1 s; models fail on a few samples
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,19 @@ class Segmenter:
                     spans.append((start, end))
         return spans
 
+    def _windows(self, total: int) -> list[Chunk]:
+        """Fixed windows of MAX_CHUNK_SECONDS (VAD off); a tail under a second joins the window before."""
+        chunks = [Chunk(s, min(s + self.max_chunk, total)) for s in range(0, total, self.max_chunk)]
+        if len(chunks) > 1 and chunks[-1].end - chunks[-1].start < RATE:
+            chunks[-2:] = [Chunk(chunks[-2].start, total)]
+        return [c for c in chunks if c.end - c.start >= _MIN_SAMPLES]
+
     def plan(self, audio: np.ndarray, merge: bool = True, merge_seconds: float | None = None) -> list[Chunk]:
         """The chunks to transcribe. ``merge`` joins neighbouring spans up to MAX_CHUNK_SECONDS
         (or ``merge_seconds``, if smaller) for models that segment well themselves; otherwise
         each pause starts a new chunk."""
         if not self.enabled:
-            return [Chunk(s, min(s + self.max_chunk, len(audio))) for s in range(0, len(audio), self.max_chunk)]
+            return self._windows(len(audio))
         limit = min(self.max_chunk, int((merge_seconds or self.max_chunk) * RATE))
         chunks: list[Chunk] = []
         for start, end in self.speech(audio):

@@ -615,3 +615,15 @@ def test_server_serves_paraformer_by_changing_local_model(offline_server, tiny_p
     *deltas, done = transcribe(server, stream=True)
     assert "".join(e.delta for e in deltas) == done.text == result.text
     assert offline == []
+
+
+def test_server_handles_a_few_samples_past_a_window(offline_server, tiny_sensevoice: Path, offline):
+    """VAD off cuts fixed windows; a 3-sample tail must not reach FunASR on its own (it raises)."""
+    import numpy as np
+
+    server = sensevoice_server(offline_server, tiny_sensevoice, MAX_CHUNK_SECONDS="5")
+    clip = wav_bytes(np.zeros(16000 * 10 + 3, dtype=np.float32) + np.float32(1e-3))
+    result = transcribe(server, clip, response_format="verbose_json")
+    assert result.duration == pytest.approx(10.0, abs=0.01)
+    assert [round(s.end, 2) for s in result.segments][-1] == pytest.approx(10.0, abs=0.01)
+    assert offline == []
