@@ -137,13 +137,92 @@ def _decode_pyav(data: IO[bytes], max_seconds: float) -> np.ndarray | None:
         return _pyav_frames(container, stream, max_seconds)
 
 
+_INT_SCALE = {np.dtype(np.int16): 1 / 32768, np.dtype(np.int32): 1 / 2147483648}
+_SAMPLE_TYPES = {"flt": np.float32, "dbl": np.float64, "s16": np.int16, "s32": np.int32, "u8": np.uint8}
+_BATCH = 1 << 16  # source samples per batch: downmix and soxr run a few times per file, not per frame
+
+
+def _as_float32(samples: np.ndarray) -> np.ndarray:
+    """Samples of any PCM type as float32 in [-1, 1)."""
+    if samples.dtype == np.uint8:  # unsigned 8-bit is centred on 128
+        return (samples.astype(np.float32) - np.float32(128)) * np.float32(1 / 128)
+    if samples.dtype != np.float32:
+        return samples.astype(np.float32) * np.float32(_INT_SCALE.get(samples.dtype, 1.0))
+    return samples
+
+
+class _FrameBatcher:
+    """Collects decoded PyAV frames as views of their planes; downmixes and resamples per batch."""
+
+    def __init__(self, out: _Samples) -> None:
+        self.out = out
+        self.key: tuple[int, str, int] | None = None  # sample rate, sample format, channels
+        self.stream: Any = None
+        self.pending: list[list[np.ndarray]] = []
+        self.count = 0
+
+    def add(self, frame: Any) -> None:
+        """Queue one frame (no copy); a change of rate, format or layout starts a new batch."""
+        fmt = frame.format
+        key = (frame.sample_rate, fmt.name, frame.layout.nb_channels)
+        if key != self.key:
+            self.flush()
+            self._start(key)
+        dtype = _SAMPLE_TYPES.get(fmt.name.removesuffix("p") if fmt.is_planar else fmt.name)
+        if dtype is None:  # a sample format without a fast path: let PyAV convert it
+            array = frame.to_ndarray().astype(np.float32)
+            planes = list(array) if fmt.is_planar else [array.reshape(-1)]
+        elif fmt.is_planar:
+            planes = [np.frombuffer(p, dtype, frame.samples) for p in frame.planes[: key[2]]]
+        else:
+            planes = [np.frombuffer(frame.planes[0], dtype, frame.samples * key[2])]
+        for pending, plane in zip(self.pending, planes, strict=False):
+            pending.append(plane)
+        self.count += frame.samples
+        if self.count >= _BATCH:
+            self._push(last=False)
+
+    def _start(self, key: tuple[int, str, int]) -> None:
+        import soxr
+
+        self.key = key
+        rate, name, channels = key
+        planar = name.endswith("p") and channels > 1
+        self.pending = [[] for _ in range(channels if planar else 1)]
+        self.stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(
+            rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+
+    def _push(self, last: bool) -> None:
+        assert self.key is not None
+        channels = self.key[2]
+        if not self.pending[0]:
+            mono = np.zeros(0, dtype=np.float32)
+        elif len(self.pending) > 1:  # planar: one array per channel
+            mono = _as_float32(np.concatenate(self.pending[0]))  # a fresh array: safe to add into
+            for pending in self.pending[1:]:
+                mono += _as_float32(np.concatenate(pending))
+            mono *= np.float32(1 / channels)
+        else:
+            packed = _as_float32(np.concatenate(self.pending[0]))
+            mono = packed if channels == 1 else packed.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+        self.pending = [[] for _ in self.pending]
+        self.count = 0
+        self.out.append(self.stream.resample_chunk(mono, last=last) if self.stream is not None else mono)
+
+    def flush(self) -> None:
+        """Push what is queued and close the resampler stream."""
+        if self.key is not None:
+            self._push(last=True)
+
+
 def _pyav_frames(container: Any, stream: Any, max_seconds: float) -> np.ndarray | None:
+    """Decode every frame; downmix in numpy and resample with soxr per batch, not per codec frame."""
     import av
 
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     expected = container.duration / av.time_base if container.duration else 0.0
     out = _Samples(int(min(expected, max_seconds) * SAMPLE_RATE) + SAMPLE_RATE,
                    max_seconds * SAMPLE_RATE, max_seconds)
+    batcher = _FrameBatcher(out)
     errors = 0
     try:
         for packet in container.demux(stream):
@@ -153,12 +232,10 @@ def _pyav_frames(container: Any, stream: Any, max_seconds: float) -> np.ndarray 
                 errors += 1  # a damaged packet: keep what decodes, as ffmpeg does
                 continue
             for frame in frames:
-                for resampled in resampler.resample(frame):
-                    out.append(resampled.to_ndarray().reshape(-1))
-        for resampled in resampler.resample(None):
-            out.append(resampled.to_ndarray().reshape(-1))
+                batcher.add(frame)
     except av.FFmpegError as exc:
         log.debug("PyAV stopped decoding: %s", exc)
+    batcher.flush()
     if errors:
         log.info("skipped %d undecodable packets", errors)
     return out.result() if out.size else None

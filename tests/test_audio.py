@@ -99,3 +99,16 @@ def test_video_without_audio_is_a_400(tmp_path: Path) -> None:
 def test_opus_in_ogg_named_nothing(tmp_path: Path, jfk: Path) -> None:
     out = ffmpeg(jfk, tmp_path / "x.opus", "-c:a", "libopus", "-b:a", "24k")
     assert abs(audio.duration(audio.decode(out.read_bytes())) - 11.0) < 0.1
+
+
+@pytest.mark.parametrize("codec", ["pcm_s16le", "pcm_s32le", "pcm_f64le", "pcm_u8", "pcm_f32le"])
+def test_pyav_sample_formats_match_the_wav_path(jfk_variants: dict[str, Path], tmp_path: Path, codec: str) -> None:
+    """Packed and planar integer/float samples through PyAV agree with libsndfile on the same audio."""
+    reference = audio.decode(jfk_variants["wav44"].read_bytes())  # soundfile fast path
+    mkv = ffmpeg(jfk_variants["wav44"], tmp_path / f"x-{codec}.mkv", "-c:a", codec)
+    assert mkv.read_bytes()[:4] not in (b"RIFF", b"fLaC")  # so it takes the PyAV path
+    decoded = audio.decode(mkv.read_bytes())
+    n = min(len(decoded), len(reference))
+    assert abs(len(decoded) - len(reference)) < 160
+    tolerance = 0.02 if codec == "pcm_u8" else 1e-3
+    assert float(np.abs(decoded[:n] - reference[:n]).max()) < tolerance
