@@ -10,12 +10,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import audio, formats, languages, openapi, pipeline
 from .errors import APIError
 from .metrics import metrics_of
 from .transcription import Options, Segment, Transcription, join_text
+from .vad import Chunk
 from .worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,7 @@ bp = Blueprint("api", __name__)
 PREFIXES = ("/v1", "", "/v1/v1")
 GRANULARITIES = ("segment", "word")
 STREAM_CHUNK_SECONDS = 10
+SILENT_PEAK = 1e-3  # -60 dBFS: a clip that never gets louder holds no speech
 
 
 def worker() -> ModelWorker:
@@ -114,15 +117,12 @@ def _handle(task: str) -> Response:
     if work.state == "failed":
         raise work.unavailable()
     pipeline.check_options(work.backend, options)
-    # A stream uses shorter chunks, so the first words go out soon after they were spoken.
-    chunks = work.segmenter.plan(pcm, merge=work.backend.segments_audio,
-                                 merge_seconds=STREAM_CHUNK_SECONDS if stream else None)
     connected = request.environ.get("waitress.client_disconnected")
     is_connected = (lambda: not connected()) if callable(connected) else None
     metrics = metrics_of(current_app)
     queued = time.perf_counter()
 
-    def job(on_segment: Callable[[Segment], None] | None = None) -> Transcription:
+    def job(chunks: list[Chunk], on_segment: Callable[[Segment], None] | None = None) -> Transcription:
         begun = time.perf_counter()
         stats["wait"] = begun - queued
         result = pipeline.run(work.backend, pcm, options, chunks, label=request_id,
@@ -134,10 +134,33 @@ def _handle(task: str) -> Response:
     headers = {"x-rapl-model": work.backend.model, "x-request-id": request_id}
     if stream:
         stats["stream"] = True
-        return _streaming(work, job, headers, is_connected, stats)
-    result = work.submit(job, is_connected).result() if chunks else job()
+        # A stream uses shorter chunks, so the first words go out soon after they were spoken.
+        chunks = work.segmenter.plan(pcm, merge=work.backend.segments_audio, merge_seconds=STREAM_CHUNK_SECONDS)
+        return _streaming(work, lambda on_segment: job(chunks, on_segment), headers, is_connected, stats)
+    if response_format in ("json", "text") and work.segmenter.enabled and len(pcm) <= work.segmenter.max_chunk:
+        result = _dictation(work, job, pcm, is_connected)
+    else:
+        chunks = work.segmenter.plan(pcm, merge=work.backend.segments_audio)
+        result = work.submit(lambda: job(chunks), is_connected).result() if chunks else job([])
     headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
     return _respond(result, response_format, words, headers)
+
+
+def _dictation(work: ModelWorker, job: Callable[[list[Chunk]], Transcription], pcm: Any,
+               is_connected: Callable[[], bool] | None) -> Transcription:
+    """A clip that fits one chunk, answered as plain text (what dictation apps ask for).
+
+    The model starts on the whole clip at once while the VAD looks for speech in this thread,
+    so the VAD adds no latency. No speech: the job is withdrawn if it has not started, and
+    the answer is empty text either way. Digital silence never reaches the model at all.
+    """
+    if float(np.max(np.abs(pcm))) < SILENT_PEAK:
+        return job([])
+    future = work.submit(lambda: job([Chunk(0, len(pcm))]), is_connected)
+    if work.segmenter.speech(pcm):
+        return future.result()
+    work.withdraw(future)
+    return job([])
 
 
 @bp.after_request

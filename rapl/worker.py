@@ -115,6 +115,14 @@ class ModelWorker:
                 self._waiting -= 1
                 raise APIError("The server is shutting down.", 503, code="shutting_down") from None
 
+    def withdraw(self, future: Future[Any]) -> bool:
+        """Take a queued job back before it starts; False if it is already running or done."""
+        if not future.cancel():
+            return False
+        with self._lock:
+            self._waiting -= 1
+        return True
+
     def _run(self, fn: Callable[[], T], ticket: int, queued_at: float, connected: Callable[[], bool] | None) -> T:
         with self._lock:
             self._waiting -= 1

@@ -86,3 +86,44 @@ def test_twenty_minute_recording_keeps_order_and_times(whisper_server: Server, s
     # no text in the silent or noisy stretches: every segment belongs to a spoken part
     assert len(found) == len(segments)
     assert wer(JFK_TEXT, segments[0].text + " " + segments[1].text) <= 0.2 or wer(JFK_TEXT, result.text[:120]) <= 0.2
+
+
+def test_short_json_clip_of_silence_never_reaches_the_model(whisper_server: Server) -> None:
+    completed = whisper_server.worker.counters["completed"]
+    with whisper_server.http() as http:
+        silence = wav_bytes(np.zeros(16000 * 8, np.float32))
+        body = http.post("/v1/audio/transcriptions", files={"file": ("x.wav", silence)})
+    assert body.json()["text"] == ""
+    assert whisper_server.worker.counters["completed"] == completed
+
+
+def test_short_json_clip_of_noise_answers_empty_text(whisper_server: Server) -> None:
+    """Dictation path: the model may start on it while the VAD looks, but no text comes back."""
+    noise = np.random.default_rng(3).normal(0, 0.1, 16000 * 8).astype(np.float32)
+    with whisper_server.http() as http:
+        for fmt in ("json", "text"):
+            resp = http.post("/v1/audio/transcriptions", files={"file": ("x.wav", wav_bytes(noise))},
+                             data={"response_format": fmt})
+            assert resp.status_code == 200
+            assert (resp.json()["text"] if fmt == "json" else resp.text) == ""
+    assert whisper_server.worker.queue_depth == 0  # a withdrawn job leaves the queue count right
+
+
+def test_withdrawn_job_never_runs(serve, whisper_model: str, spoken_sentences) -> None:  # noqa: ANN001
+    import threading
+    import time
+
+    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model})
+    long_clip = wav_bytes(build_recording(spoken_sentences * 2, [0.5] * 12)[0])
+    busy = threading.Thread(target=lambda: server.http().post("/v1/audio/transcriptions",
+                                                              files={"file": ("l.wav", long_clip)}))
+    busy.start()
+    while not server.worker.running:
+        time.sleep(0.01)
+    ran: list[bool] = []
+    future = server.worker.submit(lambda: ran.append(True))
+    assert server.worker.queue_depth == 1
+    assert server.worker.withdraw(future) is True
+    assert server.worker.queue_depth == 0
+    busy.join(timeout=120)
+    assert ran == [] and future.cancelled()
