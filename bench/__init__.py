@@ -1,0 +1,1 @@
+"""RAPL's benchmark: `python -m bench` (see bench/README.md)."""
