@@ -151,3 +151,13 @@ def test_idle_model_is_unloaded_and_reloaded_by_the_next_request(serve, whisper_
         assert resp.status_code == 200 and "country" in resp.json()["text"]
         assert http.get("/health").json()["status"] == "ready"
         assert http.get("/v1/models").json()["data"][0]["loaded"] is True
+
+
+def test_requests_after_shutdown_get_503_in_the_envelope(serve, whisper_model: str, jfk: Path) -> None:  # noqa: ANN001
+    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model})
+    server.worker.shutdown()  # what a stopping server does before it closes
+    with server.http() as http:
+        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())},
+                         data={"response_format": "srt"})
+    assert resp.status_code == 503
+    assert resp.json()["error"]["code"] == "shutting_down" and server.worker.queue_depth == 0
