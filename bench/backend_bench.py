@@ -128,13 +128,14 @@ class InProcessServer:
         from waitress.server import create_server
 
         from rapl import create_app
+        from rapl.server import adjustments
 
         self.app = create_app({"ENV_FILE": "", "BACKEND": backend, "LOCAL_MODEL": model, "PROGRESS": "false",
                                "VAD": "true" if vad else "false"})
         settings = self.app.config["RAPL_SETTINGS"]
         self.worker = self.app.extensions["rapl"]
-        self.server = create_server(self.app, host=net.HOST, port=0, threads=settings.MAX_QUEUE + 4,
-                                    channel_request_lookahead=1, ident="rapl")
+        served = {**adjustments(settings), "host": net.HOST, "port": 0}  # as RAPL's launchers serve
+        self.server = create_server(self.app, **served)
         self.port = int(self.server.effective_port)
         self.thread = threading.Thread(target=self._serve, daemon=True, name="waitress")
         self.thread.start()

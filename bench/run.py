@@ -345,14 +345,17 @@ def render_decode(r: dict[str, Any]) -> list[str]:
         return []
     body = [[f"{row['clip_s']} s", row["format"], num(row["bytes"] / 1024, 0), ms(row["rapl"], 2),
              ms(row["ffmpeg"], 1), ratio(row["ffmpeg"]["median"], row["rapl"]["median"], 1),
-             f"{num(row['clip_s'] / row['rapl']['median'], 0)}x", f"{row['samples']} / {row['ffmpeg_samples']}",
+             f"{num(row['clip_s'] / row['rapl']['median'], 0)}x", row.get("ffmpeg_input", "pipe"),
+             f"{row['samples']} / {row['ffmpeg_samples']}", row.get("lag", "—"),
              num(row.get("max_diff_vs_ffmpeg"), 3)] for row in rows]
     return ["## 2. Decode", "",
             "`rapl.audio.decode(bytes)` in-process vs spawning `ffmpeg -i pipe:0 -ar 16000 -ac 1 -f f32le pipe:1` "
-            "per file (what a server that shells out to ffmpeg pays), same bytes, interleaved; sample counts and "
-            "the largest sample difference between the two outputs (resamplers differ slightly).", "",
+            "per file (what a server that shells out to ffmpeg pays), same bytes, interleaved. ffmpeg cannot read "
+            "an MP4/m4a whose index follows the data from a pipe (it exits 0 with no audio), so it gets the file "
+            "there. Sample counts, the lag that aligns the two outputs (codec priming/pre-skip: RAPL keeps "
+            "samples ffmpeg trims) and their largest difference once aligned.", "",
             table(["clip", "format", "KB", "rapl decode ms", "ffmpeg CLI ms", "ffmpeg/rapl", "rapl x real time",
-                   "samples rapl / ffmpeg", "max |diff|"], body), ""]
+                   "ffmpeg input", "samples rapl / ffmpeg", "lag", "max |diff|"], body), ""]
 
 
 def render_queue(r: dict[str, Any]) -> list[str]:

@@ -29,6 +29,6 @@ def register(app: Flask, api_key: str) -> None:
             return
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-            log.info("rejected a request to %s without a valid API key", request.path)
+            log.info("rejected a request to %r without a valid API key", request.path)
             raise APIError("Incorrect or missing API key. Send 'Authorization: Bearer <API_KEY>'.", 401,
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})

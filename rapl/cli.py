@@ -19,9 +19,8 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from config import DEFAULT_MODELS, Settings, SettingsError
+from .settings import DEFAULT_MODELS, Settings, SettingsError
 
 log = logging.getLogger("rapl")
 
@@ -109,61 +108,27 @@ def _settings_or_none() -> Settings | None:
 
 
 def serve() -> int:
-    """Serve the app with waitress on HOST:PORT; an invalid setting exits with status 2.
+    """Serve the app with waitress on HOST:PORT (see rapl.server); 2: an invalid setting, 3: cannot listen.
 
-    Ctrl+C, SIGINT or SIGTERM stop it cleanly: no new connections, the running transcription
-    finishes and its answer is sent, queued ones get 503.
+    The port is bound before the model loads, so a busy port is reported at once. Ctrl+C, SIGINT
+    or SIGTERM stop it cleanly: no new connections, the running transcription finishes and its
+    answer is sent, queued ones get 503.
     """
-    from waitress.server import create_server
-
     from . import create_app_or_exit
+    from .server import ListenError, Server
 
-    app = create_app_or_exit()
-    settings = app.config["RAPL_SETTINGS"]
-    worker = app.extensions["rapl"]
-    server = create_server(app, host=settings.HOST, port=settings.PORT, threads=settings.MAX_QUEUE + 4,
-                           channel_request_lookahead=1, ident="rapl")
-    print(f"RAPL serving {settings.BACKEND} model {settings.model} at "
-          f"http://{settings.HOST}:{settings.PORT} (OpenAI base URL http://{settings.HOST}:{settings.PORT}/v1)",
-          flush=True)
-    _stop_on_signals()
+    settings = _settings_or_none()
+    if settings is None:
+        return 2
     try:
-        server.run()  # returns (or raises) on Ctrl+C / SIGINT / SIGTERM
-    finally:
-        print("RAPL stopping: finishing the running transcription", flush=True)
-        _stop(server, worker)
+        server = Server(settings)
+    except ListenError as exc:
+        print(f"rapl: {exc}", file=sys.stderr, flush=True)
+        return exc.status
+    server.attach(create_app_or_exit())
+    server.announce()
+    server.run()  # returns after a graceful stop
     return 0
-
-
-def _stop_on_signals() -> None:
-    import signal
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    for name in ("SIGTERM", "SIGBREAK"):  # SIGBREAK: Ctrl+Break on Windows
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), interrupt)
-
-
-def _stop(server: Any, worker: Any) -> None:
-    """Stop accepting, let the running job finish, send the answers being written, then stop."""
-    import time
-
-    from waitress import wasyncore
-
-    server.accepting = False  # waitress's listener stops taking connections
-    worker.shutdown()  # waits for the running job; queued ones are cancelled (503)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _busy_channels(server):
-        wasyncore.loop(timeout=0.05, map=server._map, count=1)
-    server.close()
-    server.task_dispatcher.shutdown(timeout=5)
-
-
-def _busy_channels(server: Any) -> bool:
-    channels = [c for c in server._map.values() if hasattr(c, "total_outbufs_len")]
-    return any(c.total_outbufs_len or c.requests for c in channels)
 
 
 # --------------------------------------------------------------------------- transcribe
@@ -556,8 +521,10 @@ def _check_backend(report: _Report, settings: Settings) -> bool:
         except Exception as exc:  # noqa: BLE001 - ImportError, or a library broken on import
             ok = False
             hint = f"pip install -r requirements.txt (or: pip install {package})"
-            if settings.BACKEND == "mlx":
-                hint = "mlx runs on Apple Silicon: pip install mlx-audio (elsewhere choose BACKEND=whisper)"
+            if settings.BACKEND == "mlx":  # the same advice as `serve` gives (one truth per platform)
+                from .backends.mlx import install_command
+
+                hint = f"install mlx-audio and MLX: {install_command()}"
             report.fail("backend", f"BACKEND={settings.BACKEND} needs {package}, which cannot be imported "
                         f"({type(exc).__name__}: {exc})", hint)
     if not ok:

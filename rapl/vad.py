@@ -7,20 +7,26 @@ MIN_SILENCE_MS, so silence never reaches the model and every chunk keeps its off
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from config import Settings
+from .audio import PAGE, Recording
+from .settings import Settings
+from .transcription import VadOptions
 
 log = logging.getLogger(__name__)
 
 RATE = 16000
-_BLOCK = 10 * 60 * RATE  # VAD runs over 10-minute blocks, so its buffers stay small
+_WINDOW = 512  # samples Silero judges at a time
+_CONTEXT = 64  # samples of the window before that it sees too
+_BATCH_PAGES = 2  # pages (4 s) per Silero call: its buffers stay a few MB
 _PAD_MS = 200  # speech kept on each side of a detected span
 _MIN_SAMPLES = RATE // 10  # no speech fits in less than 0.1 s; models fail on a few samples
+FIRST_CHUNK_SECONDS = 10  # a long recording's first chunk: short, so a stream's first words come early
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,21 @@ class Segmenter:
         self.threshold = settings.VAD_THRESHOLD
         self.max_chunk = settings.MAX_CHUNK_SECONDS * RATE
         self.min_silence = settings.MIN_SILENCE_MS * RATE // 1000
+        self.pad_ms = _PAD_MS
+
+    def tuned(self, options: VadOptions | None) -> Segmenter:
+        """This segmenter with a request's own settings (chunking_strategy=server_vad); VAD on."""
+        if options is None:
+            return self
+        tuned = copy.copy(self)
+        tuned.enabled = True
+        if options.threshold is not None:
+            tuned.threshold = options.threshold
+        if options.min_silence_ms is not None:
+            tuned.min_silence = options.min_silence_ms * RATE // 1000
+        if options.padding_ms is not None:
+            tuned.pad_ms = options.padding_ms
+        return tuned
 
     def load(self) -> None:
         """Load the VAD model once, at start-up."""
@@ -52,26 +73,22 @@ class Segmenter:
 
             started = time.perf_counter()
             get_vad_model()
-            self.speech(np.zeros(RATE, dtype=np.float32))
+            self.speech(np.random.default_rng(0).normal(0, 0.01, RATE).astype(np.float32))  # loud enough to run
             log.info("VAD ready in %.2f s", time.perf_counter() - started)
 
-    def speech(self, audio: np.ndarray) -> list[tuple[int, int]]:
-        """Speech spans (start, end) in samples, each at most MAX_CHUNK_SECONDS long."""
-        from faster_whisper.vad import VadOptions, get_speech_timestamps
+    def speech(self, audio: np.ndarray | Recording) -> list[tuple[int, int]]:
+        """Speech spans (start, end) in samples, each at most MAX_CHUNK_SECONDS long.
 
-        options = VadOptions(threshold=self.threshold, min_silence_duration_ms=max(self.min_silence * 1000 // RATE, 1),
-                             max_speech_duration_s=self.max_chunk / RATE - 2 * _PAD_MS / 1000,
-                             speech_pad_ms=_PAD_MS)
-        spans: list[tuple[int, int]] = []
-        for block_start in range(0, len(audio), _BLOCK):
-            block = audio[block_start:block_start + _BLOCK]
-            for ts in get_speech_timestamps(block, options):
-                start, end = ts["start"] + block_start, ts["end"] + block_start
-                if spans and start - spans[-1][1] < self.min_silence and end - spans[-1][0] <= self.max_chunk:
-                    spans[-1] = (spans[-1][0], end)  # a span cut by a block boundary
-                else:
-                    spans.append((start, end))
-        return spans
+        Silero reads the audio a few seconds at a time, so its buffers stay small however long
+        the recording; pages quieter than -60 dBFS are silence without asking it. A Recording
+        keeps the probabilities: asking again (another request setting, the dictation path's
+        second look) costs only the span search.
+        """
+        probs = speech_probs(audio)
+        return _timestamps(probs, len(audio), threshold=self.threshold,
+                           min_silence=max(self.min_silence, RATE // 1000),
+                           max_speech=max(self.max_chunk - 2 * self.pad_ms * RATE // 1000, RATE),
+                           pad=self.pad_ms * RATE // 1000)
 
     def _windows(self, total: int) -> list[Chunk]:
         """Fixed windows of MAX_CHUNK_SECONDS (VAD off); a tail under a second joins the window before."""
@@ -80,17 +97,137 @@ class Segmenter:
             chunks[-2:] = [Chunk(chunks[-2].start, total)]
         return [c for c in chunks if c.end - c.start >= _MIN_SAMPLES]
 
-    def plan(self, audio: np.ndarray, merge: bool = True, merge_seconds: float | None = None) -> list[Chunk]:
+    def plan(self, audio: np.ndarray, merge: bool = True) -> list[Chunk]:
         """The chunks to transcribe. ``merge`` joins neighbouring spans up to MAX_CHUNK_SECONDS
-        (or ``merge_seconds``, if smaller) for models that segment well themselves; otherwise
-        each pause starts a new chunk."""
+        for models that segment well themselves (in a recording longer than one chunk, the first
+        only up to FIRST_CHUNK_SECONDS, so its first words are ready early); otherwise each pause
+        starts a new chunk."""
         if not self.enabled:
             return self._windows(len(audio))
-        limit = min(self.max_chunk, int((merge_seconds or self.max_chunk) * RATE))
         chunks: list[Chunk] = []
+        first_limit = min(self.max_chunk, FIRST_CHUNK_SECONDS * RATE) if len(audio) > self.max_chunk \
+            else self.max_chunk
         for start, end in self.speech(audio):
+            limit = self.max_chunk if len(chunks) > 1 else first_limit
             if merge and chunks and end - chunks[-1].start <= limit:
                 chunks[-1] = Chunk(chunks[-1].start, end)
             else:
                 chunks.append(Chunk(start, end))
         return chunks
+
+
+def speech_probs(audio: np.ndarray | Recording) -> np.ndarray:
+    """Silero's speech probability for each 512-sample window of ``audio`` (kept on a Recording)."""
+    recording = audio if isinstance(audio, Recording) else Recording.wrap(audio)
+    if recording.speech_probs is None:
+        recording.speech_probs = _probabilities(recording)
+    return recording.speech_probs
+
+
+def _probabilities(recording: Recording) -> np.ndarray:
+    """Run Silero over the loud pages, _BATCH_PAGES at a time; a silent page scores 0 and resets it."""
+    from faster_whisper.vad import get_vad_model
+
+    model = get_vad_model()
+    total = len(recording)
+    probs = np.zeros(-(-total // _WINDOW), dtype=np.float32)
+    state: list[np.ndarray] = []  # h, c and the last context of the loud stretch being read
+    batch: list[np.ndarray] = []
+    first = 0  # the batch's first window
+
+    def run() -> None:
+        nonlocal batch
+        if not batch:
+            return
+        samples = np.concatenate(batch) if len(batch) > 1 else batch[0]
+        batch = []
+        if samples.size % _WINDOW:
+            samples = np.pad(samples, (0, _WINDOW - samples.size % _WINDOW))
+        windows = samples.reshape(-1, _WINDOW)
+        if not state:
+            zeros = np.zeros((1, 1, 128), dtype=np.float32)
+            state[:] = [zeros, zeros.copy(), np.zeros((1, _CONTEXT), dtype=np.float32)]
+        context = np.concatenate([state[2], windows[:-1, -_CONTEXT:]])
+        out, h, c = model.session.run(None, {"input": np.concatenate([context, windows], axis=1),
+                                             "h": state[0], "c": state[1]})
+        state[:] = [h, c, windows[-1:, -_CONTEXT:].copy()]
+        probs[first:first + len(windows)] = np.asarray(out, dtype=np.float32).reshape(-1)
+
+    for index in range(recording.page_count()):
+        page = recording.page(index)
+        if page is None:
+            run()
+            state.clear()
+            continue
+        if not batch:
+            first = index * PAGE // _WINDOW
+        batch.append(page)
+        if len(batch) == _BATCH_PAGES:
+            run()
+            first = (index + 1) * PAGE // _WINDOW
+    run()
+    return probs
+
+
+def _timestamps(probs: np.ndarray, total: int, threshold: float, min_silence: int, max_speech: int,
+                pad: int) -> list[tuple[int, int]]:
+    """Speech spans from window probabilities: faster-whisper's get_speech_timestamps, on probabilities
+    computed beforehand (all sizes in samples; ``max_speech`` is its max_speech_duration)."""
+    if not probs.size or float(probs.max()) < threshold:
+        return []
+    neg_threshold = max(threshold - 0.15, 0.01)
+    max_samples = max_speech - _WINDOW - 2 * pad
+    min_silence_at_max = RATE * 98 // 1000
+    triggered = False
+    speeches: list[list[int]] = []
+    start = 0
+    temp_end = prev_end = next_start = 0
+    for i, prob in enumerate(probs.tolist()):
+        at = _WINDOW * i
+        if prob >= threshold and temp_end:
+            temp_end = 0
+            if next_start < prev_end:
+                next_start = at
+        if prob >= threshold and not triggered:
+            triggered, start = True, at
+            continue
+        if triggered and at - start > max_samples:
+            if prev_end:
+                speeches.append([start, prev_end])
+                if next_start < prev_end:  # silence since, and not speech again yet
+                    triggered = False
+                else:
+                    start = next_start
+                prev_end = next_start = temp_end = 0
+            else:
+                speeches.append([start, at])
+                prev_end = next_start = temp_end = 0
+                triggered = False
+                continue
+        if prob < neg_threshold and triggered:
+            if not temp_end:
+                temp_end = at
+            if at - temp_end > min_silence_at_max:
+                prev_end = temp_end
+            if at - temp_end < min_silence:
+                continue
+            if temp_end > start:
+                speeches.append([start, temp_end])
+            prev_end = next_start = temp_end = 0
+            triggered = False
+    if triggered and total > start:
+        speeches.append([start, total])
+    for i, speech in enumerate(speeches):  # pad, splitting short gaps between neighbours
+        if i == 0:
+            speech[0] = max(0, speech[0] - pad)
+        if i + 1 < len(speeches):
+            gap = speeches[i + 1][0] - speech[1]
+            if gap < 2 * pad:
+                speech[1] += gap // 2
+                speeches[i + 1][0] = max(0, speeches[i + 1][0] - gap // 2)
+            else:
+                speech[1] = min(total, speech[1] + pad)
+                speeches[i + 1][0] = max(0, speeches[i + 1][0] - pad)
+        else:
+            speech[1] = min(total, speech[1] + pad)
+    return [(s, e) for s, e in speeches]

@@ -5,13 +5,17 @@ from __future__ import annotations
 import io
 import shutil
 import struct
+import subprocess
+import sys
+import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ffmpeg
+from conftest import ffmpeg, wav_bytes
 from rapl import audio
 from rapl.errors import APIError
 
@@ -78,9 +82,179 @@ def test_ffmpeg_cli_fallback_is_used_when_pyav_cannot(monkeypatch: pytest.Monkey
                                                       jfk_variants: dict[str, Path]) -> None:
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")
-    monkeypatch.setattr(audio, "_decode_pyav", lambda data, max_seconds: None)
+    monkeypatch.setitem(sys.modules, "av", None)  # PyAV not importable: the CLI decodes
     pcm = audio.decode(jfk_variants["ogg"].read_bytes())
     assert abs(audio.duration(pcm) - 11.0) < 0.1
+
+
+@pytest.mark.parametrize("container", ["ogg", "mp3", "webm", "flac"])  # not MP4 with its index at the end: a pipe
+def test_ffmpeg_cli_decodes_real_files_through_pipes(jfk_variants: dict[str, Path], container: str) -> None:
+    """The CLI itself (not a stand-in), on a real file, within MAX_AUDIO_SECONDS."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    data = jfk_variants[container].read_bytes()
+    sink = audio._Dense(float("inf"))
+    assert audio._decode_ffmpeg_cli(io.BytesIO(data), sink, len(data))
+    cli = sink.result()
+    assert abs(audio.duration(cli) - 11.0) < 0.1
+    assert 0.05 < float(np.abs(cli).max()) < 1.5
+    with pytest.raises(APIError) as info:  # the limit holds on the CLI path too
+        audio._decode_ffmpeg_cli(io.BytesIO(data), audio._Dense(5), len(data))
+    assert info.value.status == 413
+
+
+def _canary_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "recordings").mkdir()
+    sf.write(tmp_path / "recordings" / "board-meeting.wav", _tone(channels=1), 44100)
+    monkeypatch.chdir(tmp_path)
+
+
+PLAYLISTS = {
+    "ffconcat": b"ffconcat version 1.0\nfile recordings/board-meeting.wav\n",
+    "ffconcat file: URL": b"ffconcat version 1.0\nfile 'file:recordings/board-meeting.wav'\n",
+    "HLS": b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\nrecordings/board-meeting.wav\n#EXT-X-ENDLIST\n",
+    "SDP": b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 45678 RTP/AVP 0\n"
+           b"a=rtpmap:0 PCMU/8000\n",
+}
+
+
+@pytest.mark.parametrize("decoder", ["pyav", "cli"])
+@pytest.mark.parametrize("case", list(PLAYLISTS))
+def test_decoders_read_the_upload_and_nothing_else(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   decoder: str, case: str) -> None:
+    """Playlists naming a file in the working directory, and SDP, are refused at once by PyAV and the CLI."""
+    if decoder == "cli" and shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    _canary_dir(tmp_path, monkeypatch)
+    data = PLAYLISTS[case]
+    sink = audio._Dense(float("inf"))
+    decode = audio._decode_pyav if decoder == "pyav" else audio._decode_ffmpeg_cli
+    started = time.perf_counter()
+    assert not decode(io.BytesIO(data), sink, len(data))
+    assert len(sink) == 0 and time.perf_counter() - started < 5
+
+
+def test_allowed_formats_are_ffmpeg_demuxers() -> None:
+    import av
+
+    names = {part for name in av.formats_available for part in name.split(",")}
+    assert set(audio.FORMATS) <= names
+    assert not {"concat", "hls", "dash", "sdp", "rtp", "rtsp", "image2", "lavfi"} & set(audio.FORMATS)
+
+
+def _lavfi(dst: Path, source: str, *args: str) -> Path:
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source, *args, str(dst)],
+                   check=True, timeout=120)
+    return dst
+
+
+def test_flac_from_a_pipe_is_not_endless(jfk: Path) -> None:
+    """FLAC written to a pipe has no length in its header; libsndfile calls that endless."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    piped = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(jfk), "-f", "flac", "pipe:1"],
+                           capture_output=True, check=True, timeout=60).stdout
+    assert abs(audio.duration(audio.decode(piped, max_seconds=14400)) - 11.0) < 0.1
+
+
+def test_one_sample_packets_exceed_the_decode_budget_quickly(tmp_path: Path) -> None:
+    mkv = _lavfi(tmp_path / "tiny.mkv", "sine=f=440:r=8000:d=20", "-af", "asetnsamples=n=1", "-c:a", "pcm_s16le")
+    started = time.perf_counter()
+    with pytest.raises(APIError) as info:
+        audio.decode(mkv.read_bytes())
+    assert info.value.status == 400 and info.value.code == "decode_budget_exceeded" and info.value.param == "file"
+    assert time.perf_counter() - started < 3
+
+
+@pytest.mark.parametrize("source, args", [
+    ("anoisesrc=d=120:a=0.1:r=48000", ["-c:a", "libopus", "-frame_duration", "2.5", "-b:a", "96k"]),  # 400 packets/s
+    ("anullsrc=r=48000:cl=mono:d=600", ["-c:a", "libopus", "-frame_duration", "10", "-b:a", "6k"]),  # 3-byte packets
+    ("anullsrc=r=48000:cl=mono:d=600", ["-c:a", "libopus", "-b:a", "6k"]),
+    ("anoisesrc=d=120:a=0.1:r=8000", ["-c:a", "libvorbis"]),
+    ("anoisesrc=d=120:a=0.1:r=8000", ["-c:a", "libopencore_amrnb", "-ar", "8000", "-f", "amr"]),
+])
+def test_real_codecs_stay_within_the_budget(tmp_path: Path, source: str, args: list[str]) -> None:
+    """Opus at its shortest frames, Opus on silence, Vorbis and AMR at 8 kHz: many packets, all legitimate."""
+    if "libopencore_amrnb" in args and "libopencore_amrnb" not in subprocess.run(
+            ["ffmpeg", "-hide_banner", "-encoders"], capture_output=True, text=True, timeout=30).stdout:
+        pytest.skip("this ffmpeg has no AMR encoder")
+    clip = _lavfi(tmp_path / "clip.bin", source, *args, *([] if "-f" in args else ["-f", "ogg"]))
+    seconds = 600 if "anullsrc" in source else 120
+    assert abs(audio.duration(audio.decode(clip.read_bytes())) - seconds) < 0.2
+
+
+def test_a_bomb_stops_at_the_limit_holding_only_what_was_decoded(tmp_path: Path) -> None:
+    """An hour of FLAC silence in Matroska (kilobytes) against a 30-minute limit: 413, and the
+    samples held never exceed what was decoded (silence: nothing at all)."""
+    bomb = _lavfi(tmp_path / "bomb.mkv", "anullsrc=r=8000:cl=mono", "-t", "3600", "-c:a", "flac",
+                  "-frame_size", "65535")
+    tracemalloc.start()
+    try:
+        with pytest.raises(APIError) as info:
+            audio.decode_recording(bomb.read_bytes(), max_seconds=1800)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.status == 413
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB for a refused bomb"  # 30 minutes of float32 would be 115 MB
+
+
+def test_dense_decode_is_sized_by_what_was_decoded(tmp_path: Path) -> None:
+    """A header claiming 5 hours buys no memory: the buffer grows with the samples decoded."""
+    buf = io.BytesIO()
+    sf.write(buf, _tone(seconds=2.0, channels=1), 44100, format="FLAC")
+    data = bytearray(buf.getvalue())
+    info = data.index(b"fLaC") + 8 + 10  # STREAMINFO, past the block sizes: total samples in its last 36 bits
+    data[info + 3] &= 0xF0
+    data[info + 4:info + 8] = (18000 * 44100).to_bytes(4, "big")
+    tracemalloc.start()
+    try:
+        pcm = audio.decode(bytes(data))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert abs(audio.duration(pcm) - 2.0) < 0.05
+    assert peak < 20e6
+
+
+def test_recording_reads_like_the_dense_array(jfk_variants: dict[str, Path]) -> None:
+    for key in ("wav16", "mp3"):
+        data = jfk_variants[key].read_bytes()
+        dense = audio.decode(data)
+        silence = np.zeros(3 * audio.PAGE + 123, dtype=np.float32)
+        recording = audio.Recording()
+        for part in (dense, silence, dense):
+            recording.write(part)
+        recording.close()
+        whole = np.concatenate([dense, silence, dense])
+        assert len(recording) == len(whole) and recording.shape == whole.shape
+        assert np.array_equal(np.asarray(recording), whole)
+        for start, stop in ((0, 10), (100, audio.PAGE + 7), (len(dense) - 5, len(dense) + audio.PAGE * 2),
+                            (len(whole) - 300, len(whole)), (5, 5)):
+            assert np.array_equal(recording[start:stop], whole[start:stop])
+        assert recording[-1] == whole[-1] and recording.peak == float(np.abs(whole).max())
+        assert recording.pages[len(dense) // audio.PAGE + 1] is None  # silence holds no samples
+        if key == "wav16":  # 16-bit samples are kept as 16-bit: half the memory, bit-exact
+            assert recording.stored_bytes() < 0.6 * whole.nbytes
+
+
+def test_a_clip_shorter_than_a_page_has_its_peak(jfk_variants: dict[str, Path]) -> None:
+    clip = audio.decode(jfk_variants["wav16"].read_bytes())[16000 * 2:16000 * 3]  # 1 s: no full page
+    recording = audio.decode_recording(wav_bytes(clip))
+    assert len(recording) == len(clip) and recording.peak == float(np.abs(clip).max()) > 0.05
+    assert np.array_equal(np.asarray(recording), clip)
+
+
+def test_silence_is_not_stored() -> None:
+    recording = audio.Recording(max_seconds=7200)
+    quiet = np.full(audio.SAMPLE_RATE * 60, 1e-4, dtype=np.float32)
+    for _ in range(60):
+        recording.write(quiet)
+    recording.close()
+    assert audio.duration(recording) == 3600 and recording.stored_bytes() < 1e6
+    assert float(np.abs(recording[123456:223456]).max()) == 0.0  # -80 dBFS reads back as digital silence
 
 
 def test_video_without_audio_is_a_400(tmp_path: Path) -> None:
