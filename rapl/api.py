@@ -6,17 +6,19 @@ import json
 import logging
 import queue
 import time
-import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import IO, Any
 
-import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from . import audio, formats, languages, openapi, pipeline
+from . import audio, formats, openapi, params, pipeline, request_id
+from .audio import Recording
+from .backends import public_name
 from .errors import APIError
 from .metrics import metrics_of
-from .transcription import Options, Segment, Transcription, join_text
+from .text import join_text
+from .transcription import Segment, Transcription
 from .vad import Chunk
 from .worker import ModelWorker
 
@@ -25,62 +27,14 @@ bp = Blueprint("api", __name__)
 
 # Dictation apps differ on whether their base URL ends in /v1, so serve all three.
 PREFIXES = ("/v1", "", "/v1/v1")
-GRANULARITIES = ("segment", "word")
-STREAM_CHUNK_SECONDS = 10
+# OpenAI's speech-to-text model names: requests may use any of them (or any name at all).
+OPENAI_MODELS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
 SILENT_PEAK = 1e-3  # -60 dBFS: a clip that never gets louder holds no speech
 
 
 def worker() -> ModelWorker:
     """The app's model worker."""
     return current_app.extensions["rapl"]
-
-
-def _form(name: str) -> str | None:
-    value = request.form.get(name)
-    return value if value not in (None, "") else None
-
-
-def _temperature() -> float | None:
-    raw = _form("temperature")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:
-        raise APIError(f"temperature must be a number between 0 and 1, not {raw!r}.", 400,
-                       param="temperature", code="invalid_value")
-    return value
-
-
-def _response_format() -> str:
-    value = (_form("response_format") or "json").strip().lower()
-    if value not in formats.FORMATS:
-        raise APIError(f"response_format must be one of {', '.join(formats.FORMATS)}, not {value!r}.",
-                       400, param="response_format", code="invalid_value")
-    return value
-
-
-def _granularities(response_format: str) -> set[str]:
-    values = request.form.getlist("timestamp_granularities[]") + request.form.getlist("timestamp_granularities")
-    wanted = {v.strip().lower() for v in values if v.strip()}
-    bad = wanted - set(GRANULARITIES)
-    if bad:
-        raise APIError(f"timestamp_granularities must be among segment, word, not {sorted(bad)[0]!r}.",
-                       400, param="timestamp_granularities", code="invalid_value")
-    if wanted and response_format != "verbose_json":
-        raise APIError("timestamp_granularities needs response_format=verbose_json.", 400,
-                       param="timestamp_granularities", code="invalid_value")
-    return wanted
-
-
-def _stream() -> bool:
-    raw = (_form("stream") or "false").strip().lower()
-    if raw not in ("true", "false", "1", "0"):
-        raise APIError(f"stream must be true or false, not {raw!r}.", 400, param="stream",
-                       code="invalid_value")
-    return raw in ("true", "1")
 
 
 def _upload() -> IO[bytes]:
@@ -94,29 +48,22 @@ def _upload() -> IO[bytes]:
     return upload.stream
 
 
-def _options(task: str, words: bool) -> Options:
-    language = None if task == "translate" else languages.normalize(_form("language"))
-    return Options(language=language, prompt=_form("prompt"), temperature=_temperature(),
-                   word_timestamps=words, task=task)
-
-
 def _handle(task: str) -> Response:
     started = time.perf_counter()
-    request_id = uuid.uuid4().hex[:12]
-    stats: dict[str, Any] = {"id": request_id, "task": task}
+    rid = request_id()
+    stats: dict[str, Any] = {"id": rid, "task": task}
     g.rapl_stats = stats
-    response_format = _response_format()
-    words = "word" in _granularities(response_format)
-    options = _options(task, words)
-    stream = _stream()
+    req = params.parse(request.form, task)
     work = worker()
     settings = current_app.config["RAPL_SETTINGS"]
-    pcm = audio.decode(_upload(), settings.MAX_AUDIO_SECONDS)
+    upload = _upload()
+    work.check_room()  # a full queue answers 429 before the upload is decoded
+    audio.release(request.environ.get("wsgi.input"))  # the form is parsed: the raw body is not needed
+    pcm = audio.decode_recording(upload, settings.MAX_AUDIO_SECONDS)  # paged: silence is not stored
+    audio.release(upload)  # decoded: a waiting request holds its audio, not its upload too
     stats.update(audio=audio.duration(pcm), decode=time.perf_counter() - started)
-    work.loaded.result()  # requests that arrive while the model loads wait for it
-    if work.state == "failed":
-        raise work.unavailable()
-    pipeline.check_options(work.backend, options)
+    work.ensure_loaded()  # requests that arrive while the model loads wait for it
+    pipeline.check_options(work.backend, req.options)
     connected = request.environ.get("waitress.client_disconnected")
     is_connected = (lambda: not connected()) if callable(connected) else None
     metrics = metrics_of(current_app)
@@ -125,42 +72,63 @@ def _handle(task: str) -> Response:
     def job(chunks: list[Chunk], on_segment: Callable[[Segment], None] | None = None) -> Transcription:
         begun = time.perf_counter()
         stats["wait"] = begun - queued
-        result = pipeline.run(work.backend, pcm, options, chunks, label=request_id,
+        result = pipeline.run(work.backend, pcm, req.options, chunks, label=rid,
                               progress=settings.PROGRESS, on_segment=on_segment)
         stats["inference"] = time.perf_counter() - begun
         metrics.audio_processed(result.duration)
         return result
 
-    headers = {"x-rapl-model": work.backend.model, "x-request-id": request_id}
-    if stream:
+    headers = {"x-rapl-model": public_name(work.backend.model)}
+    if req.stream:
         stats["stream"] = True
-        # A stream uses shorter chunks, so the first words go out soon after they were spoken.
-        chunks = work.segmenter.plan(pcm, merge=work.backend.segments_audio, merge_seconds=STREAM_CHUNK_SECONDS)
-        return _streaming(work, lambda on_segment: job(chunks, on_segment), headers, is_connected, stats)
-    if response_format in ("json", "text") and work.segmenter.enabled and len(pcm) <= work.segmenter.max_chunk:
-        result = _dictation(work, job, pcm, is_connected)
-    else:
-        chunks = work.segmenter.plan(pcm, merge=work.backend.segments_audio)
-        result = work.submit(lambda: job(chunks), is_connected).result() if chunks else job([])
+        return _streaming(work, lambda on_segment: _schedule(work, pcm, req, job, is_connected, on_segment),
+                          req, headers, stats)
+    result = _schedule(work, pcm, req, job, is_connected).result()
     headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
-    return _respond(result, response_format, words, headers)
+    headers["Server-Timing"] = server_timing(stats)
+    return _respond(result, req, headers)
 
 
-def _dictation(work: ModelWorker, job: Callable[[list[Chunk]], Transcription], pcm: Any,
-               is_connected: Callable[[], bool] | None) -> Transcription:
-    """A clip that fits one chunk, answered as plain text (what dictation apps ask for).
+def server_timing(stats: dict[str, Any]) -> str:
+    """The request's stages as a Server-Timing header (milliseconds): decode, VAD plan, queue wait, model."""
+    stages = (("decode", "decode"), ("vad", "vad"), ("wait", "wait"), ("model", "inference"))
+    return ", ".join(f"{name};dur={stats[key] * 1000:.1f}" for name, key in stages if key in stats)
 
-    The model starts on the whole clip at once while the VAD looks for speech in this thread,
-    so the VAD adds no latency. No speech: the job is withdrawn if it has not started, and
-    the answer is empty text either way. Digital silence never reaches the model at all.
+
+def _finished(result: Transcription) -> Future[Transcription]:
+    future: Future[Transcription] = Future()
+    future.set_result(result)
+    return future
+
+
+def _schedule(work: ModelWorker, pcm: Recording, req: params.AudioRequest, job: Callable[..., Transcription],
+              is_connected: Callable[[], bool] | None,
+              on_segment: Callable[[Segment], None] | None = None) -> Future[Transcription]:
+    """Plan and queue the transcription: the same plan, so the same words, streamed or not.
+
+    A json/text clip that fits one chunk (dictation) goes to the model whole. When it is not
+    streamed, the model starts on it while the VAD looks for speech in this thread, so the VAD
+    adds no latency; no speech: the job is withdrawn if it has not started, and the answer is
+    empty text either way. Digital silence never reaches the model. Longer audio is cut at
+    pauses; its first chunk is short, so a stream's first words come early.
     """
-    if float(np.max(np.abs(pcm))) < SILENT_PEAK:
-        return job([])
-    future = work.submit(lambda: job([Chunk(0, len(pcm))]), is_connected)
-    if work.segmenter.speech(pcm):
-        return future.result()
-    work.withdraw(future)
-    return job([])
+    segmenter = work.segmenter.tuned(req.options.vad)
+    if req.response_format in ("json", "text") and segmenter.enabled and len(pcm) <= segmenter.max_chunk:
+        if pcm.peak < SILENT_PEAK:
+            return _finished(job([]))
+        if on_segment is not None and not segmenter.speech(pcm):  # a stream must not see a withdrawn job's words
+            return _finished(job([]))
+        future = work.submit(lambda: job([Chunk(0, len(pcm))], on_segment), is_connected)
+        if on_segment is not None or segmenter.speech(pcm):
+            return future
+        work.withdraw(future)
+        return _finished(job([]))
+    planned = time.perf_counter()
+    chunks = segmenter.plan(pcm, merge=work.backend.segments_audio)
+    g.rapl_stats["vad"] = time.perf_counter() - planned
+    if not chunks:
+        return _finished(job([]))
+    return work.submit(lambda: job(chunks, on_segment), is_connected)
 
 
 @bp.after_request
@@ -188,12 +156,12 @@ def log_request(stats: dict[str, Any], status: int) -> None:
              stats.get("wait", 0.0), inference, rtf, stats.get("total", 0.0))
 
 
-def _respond(result: Transcription, response_format: str, words: bool, headers: dict[str, str]) -> Response:
-    body = formats.render(result, response_format, words)
+def _respond(result: Transcription, req: params.AudioRequest, headers: dict[str, str]) -> Response:
+    body = formats.render(result, req.response_format, req.words, req.segments, req.logprobs)
     if isinstance(body, dict):
         resp = jsonify(body)
     else:
-        resp = Response(body, content_type=formats.CONTENT_TYPES[response_format])
+        resp = Response(body, content_type=formats.CONTENT_TYPES[req.response_format])
     resp.headers.update(headers)
     return resp
 
@@ -202,21 +170,20 @@ def _sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
-def _streaming(work: ModelWorker, job: Callable[..., Transcription], headers: dict[str, str],
-               is_connected: Callable[[], bool] | None, stats: dict[str, Any]) -> Response:
-    """Server-Sent Events as OpenAI sends them: text deltas per segment, then the whole text."""
+def _streaming(work: ModelWorker, start: Callable[[Callable[[Segment], None]], Future[Transcription]],
+               req: params.AudioRequest, headers: dict[str, str], stats: dict[str, Any]) -> Response:
+    """Server-Sent Events as OpenAI sends them: text deltas per segment, then the whole text.
+
+    The headers go out at once (an SSE comment), before the model has said anything.
+    """
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
-
-    def on_segment(segment: Segment) -> None:
-        events.put(("segment", segment))
-
-    future = work.submit(lambda: job(on_segment), is_connected)
+    future = start(lambda segment: events.put(("segment", segment)))
     future.add_done_callback(lambda f: events.put(("done", f)))
-
     started = time.perf_counter()
 
     def generate() -> Iterator[bytes]:
         try:
+            yield b": transcription started\n\n"
             yield from events_of()
         finally:
             stats["total"] = time.perf_counter() - started + stats.get("decode", 0.0)
@@ -231,17 +198,22 @@ def _streaming(work: ModelWorker, job: Callable[..., Transcription], headers: di
         sent = ""
         while True:
             kind, item = events.get()
-            if kind == "segment":  # join as the final text is joined (no space between CJK characters)
+            if kind == "segment":  # joined exactly as the final text is joined
                 joined = join_text([sent, item.text])
                 delta, sent = joined[len(sent):], joined
                 if delta:
-                    yield _sse({"type": "transcript.text.delta", "delta": delta, "logprobs": None})
+                    event = {"type": "transcript.text.delta", "delta": delta}
+                    if req.logprobs:
+                        event["logprobs"] = formats.token_logprobs(item.logprobs)
+                    yield _sse(event)
                 continue
             error = item.exception()
             if error is None:
                 result: Transcription = item.result()
-                yield _sse({"type": "transcript.text.done", "text": result.text, "logprobs": None,
-                            "usage": formats.usage(result)})
+                done = {"type": "transcript.text.done", "text": result.text}
+                if req.logprobs:
+                    done["logprobs"] = formats.token_logprobs(result.logprobs)
+                yield _sse({**done, "usage": formats.token_usage(result, req.options.prompt)})
             else:
                 api_error = error if isinstance(error, APIError) else APIError(
                     f"Internal error: {type(error).__name__}. See the server log.", 500,
@@ -265,20 +237,35 @@ def translations() -> Response:
     return _handle("translate")
 
 
-def _model_card(work: ModelWorker) -> dict[str, Any]:
-    return {"id": work.backend.model, "object": "model", "created": int(current_app.config["RAPL_STARTED"]),
+def _model_card(model_id: str, work: ModelWorker) -> dict[str, Any]:
+    loaded = public_name(work.backend.model)
+    card = {"id": model_id, "object": "model", "created": int(current_app.config["RAPL_STARTED"]),
             "owned_by": "rapl", "backend": work.backend.name, "status": work.state,
             "loaded": work.state == "ready"}
+    if model_id != loaded:
+        card["root"] = loaded  # an OpenAI name this server answers to with its one model
+    return card
+
+
+def _model_ids(work: ModelWorker) -> list[str]:
+    loaded = public_name(work.backend.model)
+    return [loaded, *(name for name in OPENAI_MODELS if name != loaded)]
 
 
 def list_models() -> Response:
-    """GET /v1/models: the one model this server runs, in OpenAI's list shape."""
-    return jsonify({"object": "list", "data": [_model_card(worker())]})
+    """GET /v1/models: the loaded model, then the OpenAI names it answers to (all served by it)."""
+    work = worker()
+    return jsonify({"object": "list", "data": [_model_card(i, work) for i in _model_ids(work)]})
 
 
 def get_model(model_id: str) -> Response:
-    """GET /v1/models/<id>: any id answers with the loaded model (apps ask for whisper-1)."""
-    return jsonify(_model_card(worker()))
+    """GET /v1/models/<id>: the loaded model or one of the OpenAI names it answers to."""
+    work = worker()
+    if model_id not in _model_ids(work):
+        raise APIError(f"The model '{model_id}' does not exist here. This server answers to "
+                       f"{', '.join(_model_ids(work))} (any name in a transcription request selects "
+                       "the loaded model).", 404, param="model", code="model_not_found")
+    return jsonify(_model_card(model_id, work))
 
 
 def health() -> Response:

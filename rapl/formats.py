@@ -6,8 +6,10 @@ import math
 from typing import Any
 
 from .languages import name_of
-from .transcription import Segment, Transcription
+from .text import WORDS, bare_word, unspaced
+from .transcription import Segment, TokenLogprob, Transcription
 
+AUDIO_TOKENS_PER_SECOND = 10
 FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 CONTENT_TYPES = {
     "json": "application/json",
@@ -28,9 +30,33 @@ def usage(result: Transcription) -> dict[str, Any]:
     return {"type": "duration", "seconds": math.ceil(result.duration)}
 
 
-def to_json(result: Transcription) -> dict[str, Any]:
-    """``response_format=json``."""
-    return {"text": result.text, "usage": usage(result)}
+def token_usage(result: Transcription, prompt: str | None = None) -> dict[str, Any]:
+    """OpenAI's token usage block (stream ``transcript.text.done`` events).
+
+    Input: the audio at OpenAI's rate of one audio token per 100 ms, plus the prompt's words.
+    Output: the tokens the model generated where it reports them (Whisper), else the words of
+    the text (one per Han or kana character).
+    """
+    audio = math.ceil(result.duration * AUDIO_TOKENS_PER_SECOND)
+    text_in = len(WORDS.findall(prompt or ""))
+    generated = sum(len(s.tokens) for s in result.segments) or len(WORDS.findall(result.text))
+    return {"type": "tokens", "input_tokens": audio + text_in, "output_tokens": generated,
+            "total_tokens": audio + text_in + generated,
+            "input_token_details": {"audio_tokens": audio, "text_tokens": text_in}}
+
+
+def to_json(result: Transcription, logprobs: bool = False) -> dict[str, Any]:
+    """``response_format=json``; ``logprobs`` adds each token's log-probability (include[]=logprobs)."""
+    body: dict[str, Any] = {"text": result.text}
+    if logprobs:
+        body["logprobs"] = token_logprobs(result.logprobs)
+    body["usage"] = usage(result)
+    return body
+
+
+def token_logprobs(tokens: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
+    """OpenAI's logprobs list: token, log-probability and the token's UTF-8 bytes."""
+    return [{"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode("utf-8"))} for t in tokens]
 
 
 def to_text(result: Transcription) -> str:
@@ -38,19 +64,26 @@ def to_text(result: Transcription) -> str:
     return result.text
 
 
-def to_verbose_json(result: Transcription, words: bool = False) -> dict[str, Any]:
-    """``response_format=verbose_json``; ``words`` adds word timestamps."""
+def to_verbose_json(result: Transcription, words: bool = False, segments: bool = True) -> dict[str, Any]:
+    """``response_format=verbose_json``: ``segments`` and/or ``words`` (OpenAI's timestamp_granularities)."""
     body: dict[str, Any] = {
         "task": result.task,
         "language": name_of(result.language) or "unknown",
         "duration": ms(result.duration),
         "text": result.text,
-        "segments": [_segment(i, s) for i, s in enumerate(timed_segments(result))],
-        "usage": usage(result),
     }
+    if segments:
+        body["segments"] = [_segment(i, s) for i, s in enumerate(timed_segments(result))]
     if words:
-        body["words"] = [{"word": w.word, "start": ms(w.start), "end": ms(w.end)} for w in result.words]
+        body["words"] = [{"word": bare, "start": ms(w.start), "end": ms(w.end)}
+                         for w in result.words if (bare := bare_word(w.word))]
+    body["usage"] = usage(result)
     return body
+
+
+def _spaced(text: str) -> str:
+    """Segment text as OpenAI writes it: a leading space before words of spaced scripts."""
+    return f" {text}" if text and not unspaced(text[0]) else text
 
 
 def _segment(index: int, seg: Segment) -> dict[str, Any]:
@@ -59,7 +92,7 @@ def _segment(index: int, seg: Segment) -> dict[str, Any]:
         "seek": int(round(seg.start * 100)),  # Whisper's seek counts 10 ms frames
         "start": ms(seg.start),
         "end": ms(seg.end),
-        "text": seg.text,
+        "text": _spaced(seg.text),
         "tokens": list(seg.tokens),
         "temperature": seg.temperature,
         "avg_logprob": seg.avg_logprob,
@@ -101,10 +134,11 @@ def to_vtt(result: Transcription) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def render(result: Transcription, response_format: str, words: bool = False) -> str | dict[str, Any]:
+def render(result: Transcription, response_format: str, words: bool = False,
+           segments: bool = True, logprobs: bool = False) -> str | dict[str, Any]:
     """The body for ``response_format``: a dict for the JSON formats, else text."""
     if response_format == "json":
-        return to_json(result)
+        return to_json(result, logprobs)
     if response_format == "verbose_json":
-        return to_verbose_json(result, words)
+        return to_verbose_json(result, words, segments)
     return {"text": to_text, "srt": to_srt, "vtt": to_vtt}[response_format](result)

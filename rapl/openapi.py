@@ -33,7 +33,11 @@ def _audio_form(transcribe: bool) -> dict[str, Any]:
         properties.update({
             "language": {"type": "string", "description": "ISO-639-1 code, or omit to detect."},
             "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment", "word"]}},
-            "stream": {"type": "boolean", "default": False},
+            "stream": {"type": "boolean", "default": False, "description": "Ignored for model=whisper-1."},
+            "include[]": {"type": "array", "items": {"type": "string", "enum": ["logprobs"]}},
+            "chunking_strategy": {"type": "string", "description": '"auto" or a server_vad object as JSON.'},
+            "languages[]": {"type": "array", "items": {"type": "string"}},
+            "keywords[]": {"type": "array", "items": {"type": "string", "maxLength": 100}, "maxItems": 100},
         })
     return {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": ["file"], "properties": properties}}}}

@@ -12,8 +12,9 @@ from tqdm import tqdm
 from .audio import duration
 from .backends import Backend
 from .errors import APIError
-from .transcription import Options, Segment, Transcription, join_text
-from .vad import Chunk
+from .text import join_text
+from .transcription import Options, Segment, Transcription, clamp
+from .vad import RATE, Chunk
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,23 @@ def check_options(backend: Backend, options: Options) -> None:
         raise APIError(f"The {backend.name} backend (model {backend.model}) cannot translate; "
                        "use BACKEND=whisper with a multilingual model.", 400, param="model",
                        code="translation_unsupported")
+    unknown = [code for code in options.candidates if backend.languages is not None and code not in backend.languages]
+    if unknown:
+        raise APIError(f"languages has '{unknown[0]}', which the {backend.name} model {backend.model} does not "
+                       f"support. Supported: {', '.join(sorted(backend.languages or ()))}.", 400,
+                       param="languages", code="unsupported_language")
+    if options.candidates and not backend.can_detect_among:
+        raise APIError(f"The {backend.name} backend (model {backend.model}) detects among all its languages; "
+                       "send one language (or languages[] with one entry), or leave it out.", 400,
+                       param="languages", code="unsupported_value")
+    if options.keywords and not backend.can_bias:
+        raise APIError(f"The {backend.name} model {backend.model} takes no vocabulary, so keywords cannot be "
+                       "honoured; leave them out or use a model with hotwords (see README).", 400,
+                       param="keywords", code="unsupported_value")
+    if options.logprobs and not backend.can_logprobs:
+        raise APIError(f"The {backend.name} backend (model {backend.model}) reports no per-token "
+                       "log-probabilities; leave include[]=logprobs out.", 400, param="include",
+                       code="unsupported_value")
     if options.word_timestamps and not backend.can_time_words:
         raise APIError(f"The {backend.name} backend (model {backend.model}) cannot time words; "
                        "ask for timestamp_granularities[]=segment.", 400,
@@ -56,16 +74,17 @@ def run(backend: Backend, audio: np.ndarray, options: Options, chunks: list[Chun
             bar.set_postfix_str(f"RTF {(time.perf_counter() - started) / max(bar.n, 1e-6):.3f}", refresh=False)
 
         for chunk in chunks:
-            def segment_done(segment: Segment, offset: float = chunk.offset) -> None:
-                shifted = segment.shifted(offset)
-                segments.append(shifted)
-                advance(shifted.end)
+            def segment_done(segment: Segment, chunk: Chunk = chunk) -> None:
+                after = segments[-1].end if segments else 0.0
+                placed = clamp([segment.shifted(chunk.offset)], chunk.offset, chunk.end / RATE, after)[0]
+                segments.append(placed)
+                advance(placed.end)
                 if on_segment is not None:
-                    on_segment(shifted)
+                    on_segment(placed)
 
             part = backend.transcribe(audio[chunk.start:chunk.end], options, segment_done)
             language = language or part.language
-            advance(chunk.end / 16000)
+            advance(chunk.end / RATE)
         advance(total)
     elapsed = time.perf_counter() - started
     log.info("%s: %.1f s of audio (%d chunks) in %.2f s (RTF %.3f)", label, total, len(chunks), elapsed,

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .languages import NAMES
-from .transcription import join_text
+from .text import WORDS, join_text
 
 MODES = ("plain", "emoji", "tags")
 
@@ -43,8 +43,6 @@ EVENT_EMOJI = {"bgm": "🎼", "applause": "👏", "laughter": "😀", "cry": "�
                "cough": "😷"}
 _TAG = re.compile(r"<\|([^<>|]*)\|>")
 _SPACES = re.compile(r"\s+")
-_CJK = "\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff"  # written without spaces
-_WORDS = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 
 
 @dataclass(frozen=True)
@@ -179,7 +177,7 @@ def _render_emoji(groups: list[RichText]) -> str:
 
 def _word_count(text: str) -> int:
     """Words in ``text``, counting each Chinese or Japanese character as one."""
-    return len(_WORDS.findall(text))
+    return len(WORDS.findall(text))
 
 
 def _events_emoji(group: RichText) -> str:

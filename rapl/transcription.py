@@ -17,6 +17,14 @@ class Word:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token and the model's log-probability of it."""
+
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
 class Segment:
     """One timed piece of text, with what the model knows of it."""
 
@@ -30,6 +38,7 @@ class Segment:
     no_speech_prob: float = 0.0
     words: tuple[Word, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    logprobs: tuple[TokenLogprob, ...] = ()  # only when asked for (include[]=logprobs)
 
     def shifted(self, offset: float) -> Segment:
         """This segment moved ``offset`` seconds later (words too)."""
@@ -40,14 +49,27 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class VadOptions:
+    """A request's own voice-activity settings (OpenAI's server_vad chunking strategy); None: the server's."""
+
+    threshold: float | None = None  # speech probability, 0 to 1
+    padding_ms: int | None = None  # audio kept before (and after) each stretch of speech
+    min_silence_ms: int | None = None  # shortest pause that ends a stretch of speech
+
+
+@dataclass(frozen=True)
 class Options:
     """What the client asked for, in backend-neutral terms."""
 
     language: str | None = None  # ISO-639-1 code, or None for auto-detection
     prompt: str | None = None
-    temperature: float | None = None
+    temperature: float | None = None  # None: the backend's default; 0: start at 0, raise on failure
     word_timestamps: bool = False
     task: str = "transcribe"  # or "translate"
+    keywords: tuple[str, ...] = ()  # terms to favour (OpenAI's keywords[])
+    candidates: tuple[str, ...] = ()  # detect only among these languages (OpenAI's languages[])
+    vad: VadOptions | None = None  # chunking_strategy=server_vad
+    logprobs: bool = False  # per-token log-probabilities (include[]=logprobs)
 
 
 @dataclass(frozen=True)
@@ -65,20 +87,30 @@ class Transcription:
         """Every timed word of every segment, in order."""
         return tuple(w for s in self.segments for w in s.words)
 
+    @property
+    def logprobs(self) -> tuple[TokenLogprob, ...]:
+        """Every token's log-probability, in order (empty unless asked for)."""
+        return tuple(t for s in self.segments for t in s.logprobs)
 
-def join_text(parts: list[str]) -> str:
-    """Join segment texts: with spaces between words, without them between CJK characters."""
-    out = ""
-    for part in (p.strip() for p in parts):
-        if not part:
-            continue
-        if out and not (_is_cjk(out[-1]) and _is_cjk(part[0])):
-            out += " "
-        out += part
+
+
+def clamp(segments: list[Segment], start: float, end: float, after: float = 0.0) -> list[Segment]:
+    """Segments (and their words) held inside ``[start, end]``, in order and not overlapping.
+
+    ``after`` is where the previous piece of audio's last segment ended: nothing starts before it.
+    Models time speech a little past the audio they were given (Whisper: 11.12 s in an 11.0 s clip).
+    """
+    out: list[Segment] = []
+    floor = max(start, after)
+    for segment in segments:
+        seg_start = min(max(segment.start, floor), end)
+        seg_end = min(max(segment.end, seg_start), end)
+        words, word_floor = [], seg_start
+        for word in segment.words:
+            word_start = min(max(word.start, word_floor), end)
+            word_end = min(max(word.end, word_start), end)
+            words.append(replace(word, start=word_start, end=word_end))
+            word_floor = word_end
+        out.append(replace(segment, start=seg_start, end=max(seg_end, word_floor), words=tuple(words)))
+        floor = out[-1].end
     return out
-
-
-def _is_cjk(ch: str) -> bool:
-    code = ord(ch)
-    return (0x3000 <= code <= 0x9FFF or 0xAC00 <= code <= 0xD7AF or 0xF900 <= code <= 0xFAFF
-            or 0xFF00 <= code <= 0xFFEF)

@@ -47,9 +47,44 @@ def test_verbose_json_has_every_openai_segment_field() -> None:
         assert key in seg
     assert seg["end"] == 1.001 and seg["tokens"] == [1, 2]
     assert body["segments"][1]["emotion"] == "happy"  # RAPL extension fields
+    # OpenAI's words carry no punctuation
     assert body["words"] == [{"word": "Hello", "start": 0.0, "end": 0.5},
-                             {"word": "there.", "start": 0.5, "end": 1.001}]
+                             {"word": "there", "start": 0.5, "end": 1.001}]
     assert "words" not in formats.to_verbose_json(RESULT)
+
+
+def test_granularities_choose_segments_words_or_both() -> None:
+    words_only = formats.render(RESULT, "verbose_json", words=True, segments=False)
+    assert "segments" not in words_only and len(words_only["words"]) == 2
+    segments_only = formats.render(RESULT, "verbose_json", words=False, segments=True)
+    assert "words" not in segments_only and len(segments_only["segments"]) == 2
+    both = formats.render(RESULT, "verbose_json", words=True, segments=True)
+    assert len(both["words"]) == 2 and len(both["segments"]) == 2
+
+
+def test_segments_start_with_a_space_in_spaced_scripts_only() -> None:
+    result = Transcription(text="you, ask 你好", language="en", duration=3.0,
+                           segments=(Segment(0, 1, "you,"), Segment(1, 2, "ask"), Segment(2, 3, "你好"),
+                                     Segment(3, 3, "여러분")))
+    texts = [s["text"] for s in formats.to_verbose_json(result)["segments"]]
+    assert texts == [" you,", " ask", "你好", " 여러분"]
+    assert "".join(texts[:2]) == " you, ask"  # clients that join with "" keep the words apart
+
+
+def test_punctuation_only_words_are_dropped_and_inner_apostrophes_kept() -> None:
+    seg = Segment(0, 2, "don't — stop", words=(Word("don't", 0, 0.5), Word("—", 0.5, 0.6), Word('"stop!"', 0.6, 2)))
+    body = formats.to_verbose_json(Transcription(text=seg.text, language="en", duration=2, segments=(seg,)), words=True)
+    assert [w["word"] for w in body["words"]] == ["don't", "stop"]
+
+
+def test_token_usage_counts_audio_prompt_and_generated_tokens() -> None:
+    usage = formats.token_usage(RESULT, prompt="Star Wars")
+    audio = 36611  # 3661.0015 s at 10 audio tokens a second, rounded up
+    assert usage == {"type": "tokens", "input_tokens": audio + 2, "output_tokens": 2, "total_tokens": audio + 4,
+                     "input_token_details": {"audio_tokens": audio, "text_tokens": 2}}
+    no_tokens = Transcription(text="我想问 hello", language="zh", duration=1.0,
+                              segments=(Segment(0, 1, "我想问 hello"),))
+    assert formats.token_usage(no_tokens)["output_tokens"] == 4  # each Han character, each other word
 
 
 def test_text_without_segments_gets_one_spanning_segment() -> None:

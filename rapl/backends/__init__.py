@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from config import Settings
-
+from ..settings import Settings
 from ..transcription import Options, Segment, Transcription
 
 OnSegment = Callable[[Segment], None]
@@ -31,10 +31,14 @@ class Backend(Protocol):
 
     name: str  # the BACKEND value
     model: str  # the hub id or directory in use
+    hub: str  # where a model that is not a local directory is downloaded from
     languages: frozenset[str] | None  # ISO codes it accepts; None: any Whisper code
     can_translate: bool  # speech to English text (task="translate")
     can_time_words: bool  # word timestamps
     segments_audio: bool  # splits a long chunk into timed segments itself (Whisper); else one per chunk
+    can_bias: bool  # takes a vocabulary (keywords[]) to favour
+    can_detect_among: bool  # restricts language detection to given languages (languages[])
+    can_logprobs: bool  # reports per-token log-probabilities (include[]=logprobs)
 
     def load(self) -> None:
         """Download if needed, load and warm up the model (runs in the model thread)."""
@@ -48,6 +52,15 @@ class Backend(Protocol):
         Calls ``on_segment`` for every segment of the result, in order, as each is done;
         times are relative to the start of ``audio``.
         """
+
+
+def public_name(model: str) -> str:
+    """The model's name as clients see it: a hub id as is, a local directory by its folder name.
+
+    The server's own paths never leave it (in /v1/models, /health or headers).
+    """
+    path = Path(model).expanduser()
+    return path.name or model if path.is_absolute() or path.is_dir() else model
 
 
 def free_memory() -> None:

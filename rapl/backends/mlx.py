@@ -30,12 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from config import Settings, SettingsError
-
 from .. import languages as langs
 from .. import richtext
 from ..errors import APIError
-from ..transcription import Options, Segment, Transcription, Word, join_text
+from ..settings import Settings, SettingsError
+from ..text import join_text
+from ..transcription import Options, Segment, Transcription, Word
 from . import OnSegment
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,10 @@ class MLXBackend:
     """mlx-audio speech-to-text models on MLX (Apple Silicon GPU, CUDA or CPU)."""
 
     name = "mlx"
+    hub = "Hugging Face"  # where models that are not local directories come from
     can_translate = False
+    can_detect_among = False
+    can_logprobs = False
 
     def __init__(self, settings: Settings) -> None:
         if importlib.util.find_spec("mlx_audio") is None or importlib.util.find_spec("mlx") is None:
@@ -125,6 +128,7 @@ class MLXBackend:
             frozenset(self.family.languages) if self.family.languages is not None else None)
         self.can_time_words = self.family.word_timestamps_arg is not None
         self.segments_audio = self.family.segments_audio
+        self.can_bias = self.family.prompt_arg is not None  # keywords[] join the prompt (context)
 
     def load(self) -> None:
         """Find the model (local directory, Hugging Face cache, else download), load, warm up."""
@@ -201,8 +205,9 @@ class MLXBackend:
         language = self.language_value(options.language)
         if family.language_arg and language is not None:
             wanted[family.language_arg] = language
-        if family.prompt_arg and options.prompt:
-            wanted[family.prompt_arg] = options.prompt
+        context = " ".join(filter(None, (options.prompt, ", ".join(options.keywords))))
+        if family.prompt_arg and context:
+            wanted[family.prompt_arg] = context
         if family.max_tokens_arg:
             wanted[family.max_tokens_arg] = token_limit(duration)
         if family.word_timestamps_arg and options.word_timestamps:

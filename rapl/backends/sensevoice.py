@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from config import Settings
-
 from .. import richtext
 from ..errors import APIError
 from ..languages import CODES
-from ..transcription import Options, Segment, Transcription, Word, join_text
+from ..settings import Settings
+from ..text import WORDS, join_text
+from ..transcription import Options, Segment, Transcription, Word
 from . import OnSegment
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,11 @@ class SenseVoiceBackend:
     """Any FunASR speech-recognition model, run in-process through ``funasr.AutoModel``."""
 
     name = "sensevoice"
+    hub = "ModelScope"  # where models that are not local directories come from
     can_translate = False
     segments_audio = False  # one segment per chunk: RAPL's VAD does the splitting
+    can_detect_among = False
+    can_logprobs = False
 
     def __init__(self, settings: Settings) -> None:
         """Remember the settings; nothing is imported or loaded yet."""
@@ -92,6 +95,11 @@ class SenseVoiceBackend:
         local = Path(self.model).expanduser()
         if (local / "config.yaml").is_file():
             self._set_family(read_model_class(local))
+
+    @property
+    def can_bias(self) -> bool:
+        """Whether the model takes hotwords (keywords[] and the prompt's words go there)."""
+        return self.family.hotword_arg is not None
 
     # -- loading ---------------------------------------------------------------------
 
@@ -200,7 +208,8 @@ class SenseVoiceBackend:
             kwargs[family.language_arg] = language
         if family.itn_arg:
             kwargs[family.itn_arg] = self.settings.USE_ITN
-        hotwords = hotwords_from_prompt(options.prompt) if family.hotword_arg else []
+        hotwords = list(dict.fromkeys(hotwords_from_prompt(options.prompt) + list(options.keywords)))[
+            :MAX_HOTWORDS] if family.hotword_arg else []
         if family.hotword_arg and hotwords:
             kwargs[family.hotword_arg] = hotwords if family.hotwords_as_list else " ".join(hotwords)
         if words:
@@ -362,13 +371,10 @@ def timed_words(result: dict[str, Any]) -> tuple[Word, ...]:
     return tuple(out)
 
 
-_UNIT = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[^\s\u3400-\u9fff\uf900-\ufaff]+")
-
-
 def _units(text: str) -> list[str]:
     """Paraformer's timestamp units: each CJK character, and each other word."""
     text = richtext.strip_tags(text)
-    return _UNIT.findall(text)
+    return WORDS.findall(text)
 
 
 def _words_from_dicts(stamps: list[dict[str, Any]]) -> tuple[Word, ...]:

@@ -3,30 +3,35 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from config import Settings
-
 from ..errors import APIError
-from ..transcription import Options, Segment, Transcription, Word, join_text
+from ..settings import Settings
+from ..text import join_text
+from ..transcription import Options, Segment, TokenLogprob, Transcription, Word
 from . import OnSegment
 
 log = logging.getLogger(__name__)
 
-# faster-whisper's own fallback schedule, used when the client sends no temperature.
-_FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+_TEMPERATURE_STEP = 0.2  # Whisper's temperature increment on fallback
 
 
 class WhisperBackend:
     """Whisper through faster-whisper."""
 
     name = "whisper"
+    hub = "Hugging Face"  # where models that are not local directories come from
     can_time_words = True
     segments_audio = True
+    can_bias = True  # keywords[] become faster-whisper's hotwords
+    can_detect_among = True  # languages[]: detection restricted to the given languages
+    can_logprobs = True  # include[]=logprobs: each text token scored by the model
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -80,20 +85,58 @@ class WhisperBackend:
         if options.task == "translate" and not self.can_translate:
             raise APIError(f"The model {self.model} is English-only and cannot translate.", 400,
                            param="model", code="translation_unsupported")
-        temperature = (_FALLBACK_TEMPERATURES if options.temperature is None
-                       else options.temperature)
+        language = options.language or self._detect_among(audio, options.candidates)
         pieces, info = self._model.transcribe(
-            audio, language=options.language, task=options.task, initial_prompt=options.prompt or None,
-            temperature=temperature, word_timestamps=options.word_timestamps, vad_filter=False,
+            audio, language=language, task=options.task, initial_prompt=options.prompt or None,
+            hotwords=" ".join(options.keywords) or None, temperature=temperatures(options.temperature),
+            word_timestamps=options.word_timestamps, vad_filter=False,
         )
         segments = []
         for piece in pieces:
             segment = _segment(piece)
+            if options.logprobs:
+                segment = self._with_logprobs(audio, segment, language or info.language, options.task)
             segments.append(segment)
             on_segment(segment)
-        language = options.language or info.language
+        language = language or info.language
         return Transcription(text=join_text([s.text for s in segments]), language=language,
                              duration=len(audio) / 16000, segments=tuple(segments), task=options.task)
+
+
+    def _with_logprobs(self, audio: np.ndarray, segment: Segment, language: str, task: str) -> Segment:
+        """``segment`` with the log-probability of each of its text tokens, scored by the model itself
+        (teacher-forced on the segment's audio through CTranslate2's alignment pass)."""
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = self._model
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=task, language=language)
+        tokens = [t for t in segment.tokens if t < tokenizer.eot]  # text, not timestamps
+        if not tokens:
+            return segment
+        start = int(segment.start * 16000)
+        features = model.feature_extractor(audio[start:start + model.feature_extractor.n_samples])
+        frames = min(features.shape[-1], model.feature_extractor.nb_max_frames)
+        encoded = model.encode(pad_or_trim(features))
+        (aligned,) = model.model.align(encoded, tokenizer.sot_sequence, [tokens], frames)
+        logprobs = tuple(TokenLogprob(tokenizer.decode([token]), math.log(max(probability, 1e-12)))
+                         for token, probability in zip(tokens, aligned.text_token_probs, strict=False))
+        return replace(segment, logprobs=logprobs)
+
+    def _detect_among(self, audio: np.ndarray, candidates: tuple[str, ...]) -> str | None:
+        """The most likely of ``candidates`` (OpenAI's languages[]); None when any may be detected."""
+        if not candidates:
+            return None
+        _, _, scores = self._model.detect_language(audio)
+        probability = dict(scores)
+        return max(candidates, key=lambda code: probability.get(code, 0.0))
+
+
+def temperatures(temperature: float | None) -> tuple[float, ...]:
+    """The temperatures faster-whisper tries in turn: from the client's value up to 1.0 in steps
+    of 0.2, raised whenever decoding fails its checks (OpenAI: 0 means start at 0, raise on failure)."""
+    start = 0.0 if temperature is None else temperature
+    return tuple(round(float(t), 2) for t in np.arange(start, 1.0 + 1e-6, _TEMPERATURE_STEP)) or (start,)
 
 
 def _segment(piece: Any) -> Segment:

@@ -10,6 +10,7 @@
 
   const el = {
     health: $("health"), healthState: $("health-state"), healthModel: $("health-model"),
+    healthError: $("health-error"),
     healthQueue: $("health-queue"), footerBackend: $("footer-backend"),
     dropzone: $("dropzone"), file: $("file"), record: $("record"), recordLabel: $("record-label"),
     recordTime: $("record-time"), micNote: $("mic-note"),
@@ -122,6 +123,15 @@
     return isPath && parts.length > 2 ? `…/${parts.slice(-2).join("/")}` : model;
   }
 
+  /** Offer only the languages the loaded model accepts (Auto-detect always stays). */
+  function offerLanguages(codes) {
+    const accepted = new Set(codes);
+    for (const option of el.language.options) {
+      option.hidden = option.disabled = option.value !== "" && !accepted.has(option.value);
+    }
+    if (el.language.selectedOptions[0]?.disabled) el.language.value = "";
+  }
+
   function showHealth(body) {
     const status = body.status || "unknown";
     el.health.dataset.state = status;
@@ -129,6 +139,9 @@
     el.healthModel.textContent = shortModel(body.model || "");
     el.healthModel.title = body.model || "";
     el.health.title = body.error ? `Error: ${body.error}` : "";
+    el.healthError.hidden = !body.error;  // in view, not only on hover
+    el.healthError.textContent = body.error ? `The model could not be loaded: ${body.error}` : "";
+    if (Array.isArray(body.languages)) offerLanguages(body.languages);
     if (typeof body.queue_depth === "number") {
       el.healthQueue.hidden = false;
       el.healthQueue.textContent = `Queue: ${body.queue_depth}`;
@@ -202,7 +215,7 @@
   function formData(blob, name, fields) {
     const form = new FormData();
     form.append("file", blob, name);
-    form.append("model", "whisper-1");
+    form.append("model", "gpt-4o-transcribe"); // any name but whisper-1 streams (OpenAI's rule)
     for (const [key, value] of Object.entries(fields)) {
       if (value !== "" && value !== null && value !== undefined) form.append(key, value);
     }
