@@ -7,15 +7,15 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from typing import IO, Any
 
 from dotenv import load_dotenv
-from flask import Flask, Request
+from flask import Flask, Request, Response, g
 
-from config import Settings
-
-from . import auth, backends, errors, metrics
+from . import auth, backends, cors, errors, metrics
+from .settings import Settings
 from .worker import ModelWorker
 
 __version__ = "0.1.0"
@@ -49,7 +49,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
                       MAX_CONTENT_LENGTH=settings.MAX_UPLOAD_MB * 1024 * 1024,
                       MAX_FORM_MEMORY_SIZE=1024 * 1024, JSON_SORT_KEYS=False)
     app.json.sort_keys = False
+    app.json.ensure_ascii = False  # Chinese and other scripts as UTF-8, not \uXXXX escapes
     errors.register(app)
+    app.after_request(_common_headers)
+    cors.register(app, settings.CORS_ORIGINS)
     auth.register(app, settings.API_KEY)
     _warn_if_exposed(settings)
     from .api import bp as api_bp
@@ -59,11 +62,26 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(web_bp)
     worker = ModelWorker(backends.create(settings), settings)
     app.extensions["rapl"] = worker
+    info = {"backend": settings.BACKEND, "model": backends.public_name(settings.model)}
     metrics.register(app, metrics.Metrics(queue_depth=lambda: worker.queue_depth,
-                                          model_loaded=lambda: worker.state == "ready",
-                                          info={"backend": settings.BACKEND, "model": settings.model}))
+                                          model_loaded=lambda: worker.state == "ready", info=info))
     log.info("RAPL %s: backend %s, model %s", __version__, settings.BACKEND, settings.model)
     return app
+
+
+def _common_headers(response: Response) -> Response:
+    """On every answer, errors too: a request id (the SDKs' ``request_id``), and no type sniffing
+    (browsers must take every answer as the type it says it is, never a transcript as HTML)."""
+    response.headers.setdefault("x-request-id", request_id())
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
+def request_id() -> str:
+    """This request's id: 12 hex digits, made on first use."""
+    if "request_id" not in g:
+        g.request_id = uuid.uuid4().hex[:12]
+    return g.request_id
 
 
 def _warn_if_exposed(settings: Settings) -> None:
@@ -72,16 +90,30 @@ def _warn_if_exposed(settings: Settings) -> None:
                     "it can use it. Set API_KEY, or keep HOST=127.0.0.1.", settings.HOST)
 
 
+class _EscapingFormatter(logging.Formatter):
+    """Writes control characters in messages escaped, so client text cannot forge log lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        """The message with CR, LF and other control characters written as escapes."""
+        line = super().formatMessage(record)
+        return line.translate(_ESCAPES) if not line.isprintable() else line
+
+
+_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]}
+
+
 def _configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        handler = logging.StreamHandler()
+        handler.setFormatter(_EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
     logging.getLogger("rapl").setLevel(level)
 
 
 def create_app_or_exit() -> Flask:
     """create_app() for servers: an invalid setting prints one line and exits with status 2."""
-    from config import SettingsError
+    from .settings import SettingsError
 
     try:
         return create_app()

@@ -8,6 +8,7 @@ and the ``overrides`` mapping given to :func:`rapl.create_app` (used by tests).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -20,6 +21,11 @@ DEFAULT_MODELS = {
 }
 RICH_MODES = ("plain", "emoji", "tags")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SPEAKER_MODELS = ("resemblyzer", "campplus", "pyannote")  # rapl.speakers.ENCODERS has the same keys
+# CORS_ORIGINS=local: pages on this machine (file:// and Electron windows send Origin: null).
+LOCAL_ORIGINS = ("null", "http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*",
+                 "https://localhost:*", "https://127.0.0.1:*", "https://[::1]:*")
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(:(\d{1,5}|\*))?$")
 
 
 class SettingsError(ValueError):
@@ -85,18 +91,40 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """CORS origins: local, *, none (or empty), or a comma list of origins and those words."""
+    items = [item.strip().lower().rstrip("/") for item in raw.split(",") if item.strip()]
+    if not items or items == ["none"]:
+        return ()
+    origins: list[str] = []
+    for item in items:
+        if item == "local":
+            origins += LOCAL_ORIGINS
+        elif item == "*" or item == "null" or _ORIGIN.match(item):
+            origins.append(item)
+        else:
+            raise SettingsError(f"{name}={raw!r} is invalid: {item!r} is not an origin; use local, *, none, "
+                                "or a comma list of origins such as http://localhost:* or https://app.example")
+    return tuple(dict.fromkeys(origins))
+
+
 # name -> (default, parser, one-line description repeated in .env.example)
 SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
     "BACKEND": ("sensevoice", _choice(BACKENDS), "Speech-to-text backend: sensevoice, whisper or mlx."),
     "LOCAL_MODEL": ("", _text, "Model: a hub id or a local directory; empty picks the backend's default."),
     "DEVICE": ("auto", _device, "Where the model runs: auto, cpu, cuda, cuda:N or mps."),
-    "HOST": ("127.0.0.1", _text, "Address `python -m rapl` listens on; keep 127.0.0.1 unless you set API_KEY."),
-    "PORT": ("8000", _int(1, 65535), "Port `python -m rapl` listens on."),
-    "API_KEY": ("", _text, "If set, every endpoint but /health needs 'Authorization: Bearer <key>'."),
+    "HOST": ("127.0.0.1", _text, "Address RAPL listens on (both launchers); keep 127.0.0.1 unless you set API_KEY."),
+    "PORT": ("8000", _int(1, 65535), "Port RAPL listens on (python -m rapl and waitress-serve wsgi:app)."),
+    "API_KEY": ("", _text, "If set, the API needs 'Authorization: Bearer <key>' (open: /health, /openapi.json, "
+                "the web page / and /static/*)."),
+    "CORS_ORIGINS": ("local", _origins, "Web pages allowed to call the API: local (file:// and localhost pages), "
+                     "*, none, or a comma list of origins."),
     "MAX_UPLOAD_MB": ("25", _int(1, 4096), "Largest accepted upload in megabytes (OpenAI's limit is 25)."),
     "MAX_AUDIO_SECONDS": ("14400", _int(1), "Longest accepted audio after decoding, in seconds."),
     "MAX_QUEUE": ("16", _int(1, 10000), "Requests allowed to wait for the model; more get 429."),
     "REQUEST_TIMEOUT": ("600", _int(1), "Seconds a request may wait in the queue before it gets 504."),
+    "MODEL_RETRY_SECONDS": ("30", _int(1, 86400), "Seconds before a model that failed to load is tried again "
+                            "(on the next request; doubles up to 10 minutes)."),
     "MODEL_IDLE_UNLOAD": ("0", _int(0), "Idle seconds before the model is freed (next request reloads it); 0: never."),
     "THREADS": ("0", _int(0, 1024), "CPU threads for inference; 0 uses every core."),
     "WHISPER_COMPUTE_TYPE": ("default", _text, "faster-whisper compute type; default is int8 on CPU, float16 on CUDA."),
@@ -106,6 +134,12 @@ SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
     "VAD_THRESHOLD": ("0.5", _float(0.0, 1.0), "Speech probability above which audio counts as speech (0 to 1)."),
     "MAX_CHUNK_SECONDS": ("30", _int(5, 600), "Longest piece of audio given to the model at once, in seconds."),
     "MIN_SILENCE_MS": ("500", _int(0, 10000), "Shortest pause, in milliseconds, that may separate two pieces."),
+    "SPEAKER_MODEL": ("resemblyzer", _choice(SPEAKER_MODELS), "Voice encoder that labels speakers: resemblyzer "
+                      "(ships with its package), campplus (FunASR CAM++) or pyannote."),
+    "VOCABULARY_FILE": ("", _text, "File of terms added to every request's keywords, one a line, # comments "
+                        "(see config/vocabulary.txt.example); empty: none."),
+    "REPLACEMENTS_FILE": ("", _text, "File of 'wrong -> right' rules applied to every transcript "
+                          "(see config/replacements.txt.example); empty: none."),
     "PROGRESS": ("true", _bool, "Show a tqdm progress bar in the terminal for each transcription."),
     "LOG_LEVEL": ("INFO", _choice(LOG_LEVELS, lower=False), "Logging level: DEBUG, INFO, WARNING or ERROR."),
 }
@@ -121,10 +155,12 @@ class Settings:
     HOST: str
     PORT: int
     API_KEY: str
+    CORS_ORIGINS: tuple[str, ...]
     MAX_UPLOAD_MB: int
     MAX_AUDIO_SECONDS: int
     MAX_QUEUE: int
     REQUEST_TIMEOUT: int
+    MODEL_RETRY_SECONDS: int
     MODEL_IDLE_UNLOAD: int
     THREADS: int
     WHISPER_COMPUTE_TYPE: str
@@ -134,6 +170,9 @@ class Settings:
     VAD_THRESHOLD: float
     MAX_CHUNK_SECONDS: int
     MIN_SILENCE_MS: int
+    SPEAKER_MODEL: str
+    VOCABULARY_FILE: str
+    REPLACEMENTS_FILE: str
     PROGRESS: bool
     LOG_LEVEL: str
 

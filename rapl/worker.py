@@ -3,20 +3,48 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
-from config import Settings
-
-from .backends import Backend
+from .backends import Backend, public_name
 from .errors import APIError
+from .settings import Settings
 from .vad import Segmenter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_RETRY_SECONDS = 600
+_OFFLINE_HINTS = ("connection", "network", "timeout", "resolve", "maxretry", "proxy", "ssl", "localentrynotfound",
+                  "offline", "unreachable", "name or service not known", "temporary failure")
+
+
+def failure_message(backend: Backend, exc: BaseException) -> str:
+    """What failed and how to fix it, in words a user can act on (the library's detail comes after)."""
+    model = backend.model
+    if Path(model).expanduser().is_dir():
+        return (f"The {backend.name} model in {model} could not be loaded. Fix: check that LOCAL_MODEL points at a "
+                f"complete model directory for BACKEND={backend.name}.")
+    hub = getattr(backend, "hub", "its model hub")
+    fix = ("Fix: set LOCAL_MODEL to a local model directory, or start RAPL once with internet access so the "
+           "model is cached (`python -m rapl models` lists what is cached).")
+    if _looks_offline(exc):
+        return f"The {backend.name} model {model} is not cached here and could not be downloaded from {hub}. {fix}"
+    return f"The {backend.name} model {model} could not be loaded (from the cache or {hub}). {fix}"
+
+
+def _looks_offline(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        text = f"{type(exc).__name__} {exc}".lower()
+        if any(hint in text for hint in _OFFLINE_HINTS):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 class ModelWorker:
@@ -27,7 +55,10 @@ class ModelWorker:
         self.segmenter = Segmenter(settings)
         self.settings = settings
         self.state = "loading"
-        self.error: str | None = None
+        self.error: str | None = None  # the library's own words, when loading failed
+        self.problem = ""  # what failed and what to do, when loading failed
+        self._failures = 0
+        self._retry_at = 0.0
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapl-model")
         self._lock = threading.Lock()
         self._waiting = 0
@@ -49,12 +80,12 @@ class ModelWorker:
             self.backend.load()
             self.segmenter.load()
         except BaseException as exc:  # noqa: BLE001 - the server stays up and reports it
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.state = "failed"
-            log.error("could not load model %s: %s", self.backend.model, self.error)
+            self._failed(exc)
             return
         self._last_used = time.monotonic()
         self.state = "ready"
+        self.error = None
+        self._failures = 0
         log.info("model %s ready in %.1f s", self.backend.model, time.perf_counter() - started)
 
     def _idle(self) -> bool:
@@ -84,26 +115,49 @@ class ModelWorker:
         log.info("model %s unloaded after %d s idle; the next request reloads it",
                  self.backend.model, self.settings.MODEL_IDLE_UNLOAD)
 
+    def _failed(self, exc: BaseException) -> None:
+        self._failures += 1
+        backoff = min(self.settings.MODEL_RETRY_SECONDS * 2 ** (self._failures - 1), MAX_RETRY_SECONDS)
+        self._retry_at = time.monotonic() + backoff
+        self.error = f"{type(exc).__name__}: {exc}"
+        self.problem = failure_message(self.backend, exc)
+        self.state = "failed"
+        log.error("%s Retrying on the next request after %d s. Detail: %.300s", self.problem, backoff,
+                  " ".join(self.error.split()))
+
+    def ensure_loaded(self) -> None:
+        """Wait for the model to be loaded; raise the 503 while it cannot be.
+
+        A model that failed to load (say, offline on first start) is tried again by the first
+        request after its back-off (MODEL_RETRY_SECONDS, doubling up to 10 minutes).
+        """
+        with self._lock:
+            if self.state == "failed" and time.monotonic() >= self._retry_at:
+                try:
+                    self.loaded = self.executor.submit(self._load)
+                    self.state = "loading"
+                    log.info("trying to load model %s again", self.backend.model)
+                except RuntimeError:  # the executor was shut down: the server is stopping
+                    raise APIError("The server is shutting down.", 503, code="shutting_down") from None
+        self.loaded.result()
+        if self.state == "failed":
+            raise self.unavailable()
+
     @property
     def queue_depth(self) -> int:
         """Requests waiting for the model (not counting the one running)."""
         return self._waiting
 
     def unavailable(self) -> APIError:
-        """The 503 a request gets while the model failed to load."""
-        return APIError(f"The model {self.backend.model} could not be loaded ({self.error}). "
-                        "Check the server log; if the machine is offline, point LOCAL_MODEL at a "
-                        "local model directory or a model already in the cache, then restart.",
-                        503, code="model_unavailable")
+        """The 503 a request gets while the model failed to load: what failed, the fix, then the detail."""
+        wait = max(1, math.ceil(self._retry_at - time.monotonic()))
+        return APIError(f"{self.problem} It will be tried again in {wait} s. Detail: {self.error}", 503,
+                        code="model_unavailable", headers={"Retry-After": str(wait)})
 
     def submit(self, fn: Callable[[], T], connected: Callable[[], bool] | None = None) -> Future[T]:
         """Queue ``fn`` for the model thread, or raise 429 when MAX_QUEUE requests already wait."""
         with self._lock:
-            if self._waiting >= self.settings.MAX_QUEUE:
-                self.counters["rejected_busy"] += 1
-                raise APIError(f"The server is busy: {self._waiting} requests are waiting for the "
-                               "model. Retry shortly.", 429, code="server_busy",
-                               headers={"Retry-After": "1"})
+            self._refuse_when_full()
             self._waiting += 1
             self._tickets += 1
             try:
@@ -114,6 +168,17 @@ class ModelWorker:
             except RuntimeError:  # the executor was shut down: the server is stopping
                 self._waiting -= 1
                 raise APIError("The server is shutting down.", 503, code="shutting_down") from None
+
+    def check_room(self) -> None:
+        """Raise the 429 now if the queue is full, before a request spends time decoding its upload."""
+        with self._lock:
+            self._refuse_when_full()
+
+    def _refuse_when_full(self) -> None:
+        if self._waiting >= self.settings.MAX_QUEUE:
+            self.counters["rejected_busy"] += 1
+            raise APIError(f"The server is busy: {self._waiting} requests are waiting for the model. Retry "
+                           "shortly.", 429, code="server_busy", headers={"Retry-After": "1"})
 
     def withdraw(self, future: Future[Any]) -> bool:
         """Take a queued job back before it starts; False if it is already running or done."""
@@ -156,10 +221,11 @@ class ModelWorker:
     def health(self) -> dict[str, Any]:
         """What /health reports."""
         body: dict[str, Any] = {"status": self.state, "backend": self.backend.name,
-                                "model": self.backend.model, "queue_depth": self._waiting, "busy": self.running,
-                                **self.counters}
-        if self.error:
-            body["error"] = self.error
+                                "model": public_name(self.backend.model), "queue_depth": self._waiting,
+                                "busy": self.running, **self.counters,
+                                "languages": sorted(langs) if (langs := self.backend.languages) is not None else None}
+        if self.state == "failed" or self.error:
+            body["error"] = f"{self.problem} Detail: {self.error}" if self.problem else self.error
         return body
 
     def shutdown(self) -> None:

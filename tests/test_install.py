@@ -1,0 +1,112 @@
+"""Installing as a user does: README's quick start in a fresh virtual environment, and a clean wheel."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from conftest import JFK_TEXT, ROOT, wer
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def readme_block(after: str, language: str) -> str:
+    """The first ```language block after the line containing ``after`` in README.md."""
+    readme = (ROOT / "README.md").read_text()
+    rest = readme[readme.index(after):]
+    return re.search(rf"```{language}\n(.*?)\n```", rest, re.S).group(1).strip()
+
+
+def working_tree_copy(dst: Path) -> Path:
+    """The files a fresh clone has (tracked, plus new files git does not ignore), copied to ``dst``."""
+    names = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, names):
+        src = ROOT / name
+        if src.is_file() and "node_modules" not in src.parts:
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+    return dst
+
+
+def test_wheel_installs_only_the_rapl_package(tmp_path: Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(working_tree_copy(tmp_path / "src"))], check=True)
+    (wheel,) = (tmp_path / "dist").glob("rapl-*.whl")
+    top = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {n for n in top if not n.endswith(".dist-info")} == {"rapl"}, top  # no top-level `config`
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "rapl/static/index.html" in names and "rapl/settings.py" in names
+    assert not any(n.startswith(("config/", "tests/", "bench/", "deploy/")) for n in names)
+
+
+@pytest.mark.skipif(not SYSTEM_PYTHON.is_file() or sys.platform == "win32",
+                    reason="needs the system Python at /usr/bin/python3 (macOS/Linux quick start)")
+def test_readme_quick_start_in_a_fresh_virtual_environment(tmp_path: Path, whisper_model: str, jfk: Path) -> None:
+    """README's macOS/Linux command, run literally by bash in a copy of the repository, on the system Python.
+
+    Only the Linux CPU-torch step is stood in for: README's points at PyTorch's own index, which
+    this machine cannot reach, so torch comes from the CPU wheel the machine's pip already has.
+    """
+    command = readme_block("**Install and serve** — macOS and Linux", "sh")
+    assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt")
+    repo = working_tree_copy(tmp_path / "rapl")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python3").symlink_to(SYSTEM_PYTHON)  # `python3` is the system's, as on a fresh machine
+    constraints = tmp_path / "torch-cpu.txt"
+    constraints.write_text("torch==2.13.0\n")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+    env.update(PATH=f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}", PIP_CONSTRAINT=str(constraints),
+               PIP_DISABLE_PIP_VERSION_CHECK="1", BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port),
+               PROGRESS="false")
+    started = time.monotonic()
+    proc = subprocess.Popen(["bash", "-c", command], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        status = _wait_for_health(port, proc, deadline=time.monotonic() + 900)
+        assert status == 200, proc.stdout.read() if proc.poll() is not None else "no answer"
+        installed = time.monotonic() - started
+        resp = httpx.post(f"http://127.0.0.1:{port}/v1/audio/transcriptions", timeout=120,
+                          files={"file": ("jfk.flac", jfk.read_bytes())})
+        assert resp.status_code == 200 and wer(JFK_TEXT, resp.json()["text"]) <= 0.10
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        output = proc.communicate(timeout=60)[0]
+    venv = repo / ".venv"
+    python = venv / "bin" / "python"
+    assert python.resolve() == SYSTEM_PYTHON.resolve()  # the system's Python, in its own environment
+    size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
+    print(f"quick start: installed and serving in {installed:.0f} s; .venv {size / 2**20:.0f} MiB")
+    assert "RAPL serving whisper model" in output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_health(port: int, proc: subprocess.Popen[str], deadline: float) -> int | None:
+    status = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            status = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code
+        except httpx.TransportError:
+            status = None
+        if status == 200:
+            return status
+        time.sleep(1)
+    return status
