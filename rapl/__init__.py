@@ -11,10 +11,11 @@ import uuid
 from collections.abc import Mapping
 from typing import IO, Any
 
-from dotenv import load_dotenv
+from dotenv import dotenv_values
 from flask import Flask, Request, Response, g
 
 from . import auth, backends, cors, errors, metrics
+from .backends import Backend
 from .settings import Settings
 from .worker import ModelWorker
 
@@ -30,18 +31,18 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
 
-def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: read settings, start loading the model, register the API.
+def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend | None = None) -> Flask:
+    """Build the app: read settings, register the API, and put the model worker on it.
 
-    ``overrides`` win over the environment and `.env` (tests pass settings this way);
-    ``ENV_FILE`` names the dotenv file to read (default `.env`, empty for none).
+    Only wires: nothing starts here (no thread, no model load, no logging set-up, no change to
+    ``os.environ``); the entry points start the worker (``rapl.server``), and the first request
+    starts it where nothing did. ``overrides`` win over the environment and `.env` (tests pass
+    settings this way); ``ENV_FILE`` names the dotenv file to read (default `.env`, empty for
+    none). ``backend`` replaces the one BACKEND names (tests give a fake one).
     """
     overrides = dict(overrides or {})
     env_file = str(overrides.pop("ENV_FILE", os.environ.get("ENV_FILE", ".env")))
-    if env_file and os.path.isfile(env_file):
-        load_dotenv(env_file, override=False)
-    settings = Settings.load(overrides)
-    _configure_logging(settings.LOG_LEVEL)
+    settings = Settings.load(overrides, environ=environment(env_file))
 
     app = Flask(__name__, static_folder=None)  # the web blueprint serves rapl/static
     app.request_class = InMemoryRequest
@@ -60,7 +61,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api_bp)
     app.register_blueprint(web_bp)
-    worker = ModelWorker(backends.create(settings), settings)
+    worker = ModelWorker(backend or backends.create(settings), settings)
     app.extensions["rapl"] = worker
     info = {"backend": settings.BACKEND, "model": backends.public_name(settings.model)}
     metrics.register(app, metrics.Metrics(queue_depth=lambda: worker.queue_depth,
@@ -102,7 +103,16 @@ class _EscapingFormatter(logging.Formatter):
 _ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]}
 
 
-def _configure_logging(level: str) -> None:
+def environment(env_file: str | None) -> dict[str, str]:
+    """The process environment over the dotenv file's values (the file never overrides a real variable)."""
+    values: dict[str, str] = {}
+    if env_file and os.path.isfile(env_file):
+        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    return {**values, **os.environ}
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr with control characters escaped (entry points call this, not create_app)."""
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler()

@@ -63,7 +63,7 @@ def _handle(task: str) -> Response:
     audio.release(upload)  # decoded: a waiting request holds its audio, not its upload too
     stats.update(audio=audio.duration(pcm), decode=time.perf_counter() - started)
     work.ensure_loaded()  # requests that arrive while the model loads wait for it
-    pipeline.check_options(work.backend, req.options)
+    work.check(req.options)
     connected = request.environ.get("waitress.client_disconnected")
     is_connected = (lambda: not connected()) if callable(connected) else None
     metrics = metrics_of(current_app)
@@ -124,7 +124,7 @@ def _schedule(work: ModelWorker, pcm: Recording, req: params.AudioRequest, job: 
         work.withdraw(future)
         return _finished(job([]))
     planned = time.perf_counter()
-    chunks = segmenter.plan(pcm, merge=work.backend.segments_audio)
+    chunks = segmenter.plan(pcm, merge=work.capabilities.segments_audio)
     g.rapl_stats["vad"] = time.perf_counter() - planned
     if not chunks:
         return _finished(job([]))

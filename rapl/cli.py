@@ -139,15 +139,16 @@ def transcribe(files: list[Path], response_format: str = "text", language: str |
     """Transcribe ``files`` in-process; 0 when all succeeded, 1 when any failed, 2 on bad usage."""
     from tqdm import tqdm
 
-    from . import _configure_logging, audio, backends, formats, languages, pipeline
+    from . import audio, backends, configure_logging, formats, languages, pipeline
     from .errors import APIError
     from .transcription import Options
     from .vad import Segmenter
+    from .worker import failure_message
 
     settings = _settings_or_none()
     if settings is None:
         return 2
-    _configure_logging(settings.LOG_LEVEL if verbose or settings.LOG_LEVEL == "DEBUG" else "WARNING")
+    configure_logging(settings.LOG_LEVEL if verbose or settings.LOG_LEVEL == "DEBUG" else "WARNING")
     if output is not None:
         try:
             output.mkdir(parents=True, exist_ok=True)
@@ -162,16 +163,14 @@ def transcribe(files: list[Path], response_format: str = "text", language: str |
     print(f"rapl: loading {settings.BACKEND} model {settings.model} ...", file=sys.stderr, flush=True)
     segmenter = Segmenter(settings)
     try:
-        backend.load()
+        caps = backend.load()
         segmenter.load()
     except Exception as exc:  # noqa: BLE001 - report it the way the server does
-        print(f"rapl: could not load the {settings.BACKEND} model {settings.model}: {type(exc).__name__}: {exc}\n"
-              "rapl: if this machine is offline, point LOCAL_MODEL at a local model directory or a model "
-              "already in the cache (see `rapl models` and `rapl check`).", file=sys.stderr)
+        print(f"rapl: {failure_message(backend, exc)} Detail: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     options = Options(language=languages.normalize(language))
     try:
-        pipeline.check_options(backend, options)
+        pipeline.check_options(caps, options, f"the {backend.name} model {backends.public_name(backend.model)}")
     except APIError as exc:
         print(f"rapl: {exc.message}", file=sys.stderr)
         return 2
@@ -185,7 +184,7 @@ def transcribe(files: list[Path], response_format: str = "text", language: str |
         try:
             _check_destination(src, dst, written)
             pcm = audio.decode(src.read_bytes(), settings.MAX_AUDIO_SECONDS)
-            chunks = segmenter.plan(pcm, merge=backend.segments_audio)
+            chunks = segmenter.plan(pcm, merge=caps.segments_audio)
             result = pipeline.run(backend, pcm, options, chunks, label=src.name, progress=settings.PROGRESS)
             body = formats.render(result, response_format)
             text = json.dumps(body, ensure_ascii=False, indent=2) if isinstance(body, dict) else body

@@ -128,8 +128,13 @@ class Server:
 
     def attach(self, app: WSGIApp) -> Server:
         """Serve ``app`` (a RAPL app: its model worker is stopped gracefully with the server)."""
+        from . import configure_logging
+
         self.app = app
         self.worker = getattr(app, "extensions", {}).get("rapl")
+        configure_logging(self.settings.LOG_LEVEL)
+        if self.worker is not None:
+            self.worker.start()  # the model loads while the server already answers (/health: loading)
         return self
 
     def _call(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

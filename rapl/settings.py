@@ -13,12 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-BACKENDS = ("sensevoice", "whisper", "mlx")
-DEFAULT_MODELS = {
-    "sensevoice": "iic/SenseVoiceSmall",
-    "whisper": "Systran/faster-whisper-small",
-    "mlx": "mlx-community/Qwen3-ASR-1.7B-8bit",
-}
+from .backends import SPECS
+
+BACKENDS = tuple(SPECS)  # one registry entry per backend (rapl.backends.SPECS)
+DEFAULT_MODELS = {name: spec.default_model for name, spec in SPECS.items()}
 RICH_MODES = ("plain", "emoji", "tags")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SPEAKER_MODELS = ("resemblyzer", "campplus", "pyannote")  # rapl.speakers.ENCODERS has the same keys
@@ -110,7 +108,8 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
 
 # name -> (default, parser, one-line description repeated in .env.example)
 SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
-    "BACKEND": ("sensevoice", _choice(BACKENDS), "Speech-to-text backend: sensevoice, whisper or mlx."),
+    "BACKEND": ("sensevoice", _choice(BACKENDS), f"Speech-to-text backend: {', '.join(BACKENDS[:-1])} or "
+                f"{BACKENDS[-1]}."),
     "LOCAL_MODEL": ("", _text, "Model: a hub id or a local directory; empty picks the backend's default."),
     "DEVICE": ("auto", _device, "Where the model runs: auto, cpu, cuda, cuda:N or mps."),
     "HOST": ("127.0.0.1", _text, "Address RAPL listens on (both launchers); keep 127.0.0.1 unless you set API_KEY."),

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .text import join_text
+
 
 @dataclass(frozen=True)
 class Word:
@@ -39,6 +41,7 @@ class Segment:
     words: tuple[Word, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     logprobs: tuple[TokenLogprob, ...] = ()  # only when asked for (include[]=logprobs)
+    language: str | None = None  # the language the model heard (ISO code), where it says
 
     def shifted(self, offset: float) -> Segment:
         """This segment moved ``offset`` seconds later (words too)."""
@@ -81,6 +84,14 @@ class Transcription:
     duration: float
     segments: tuple[Segment, ...] = ()
     task: str = "transcribe"
+
+    @classmethod
+    def of(cls, segments: list[Segment] | tuple[Segment, ...], duration: float, task: str = "transcribe",
+           language: str | None = None) -> Transcription:
+        """Segments as one result: their texts joined, the language asked for or the first one heard."""
+        language = language or next((s.language for s in segments if s.language), None)
+        return cls(text=join_text([s.text for s in segments]), language=language, duration=duration,
+                   segments=tuple(segments), task=task)
 
     @property
     def words(self) -> tuple[Word, ...]:

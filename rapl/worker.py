@@ -11,9 +11,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .backends import Backend, public_name
+from .backends import Backend, Capabilities, public_name
 from .errors import APIError
+from .pipeline import check_options
 from .settings import Settings
+from .transcription import Options
 from .vad import Segmenter
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,11 @@ _OFFLINE_HINTS = ("connection", "network", "timeout", "resolve", "maxretry", "pr
 def failure_message(backend: Backend, exc: BaseException) -> str:
     """What failed and how to fix it, in words a user can act on (the library's detail comes after)."""
     model = backend.model
-    if Path(model).expanduser().is_dir():
+    path = Path(model).expanduser()
+    if not path.is_dir() and (path.is_absolute() or model.startswith((".", "~"))):
+        return (f"The {backend.name} model {model} could not be loaded: there is no such directory. Fix: set "
+                f"LOCAL_MODEL to a model directory for BACKEND={backend.name}, or to a {backend.hub} model id.")
+    if path.is_dir():
         return (f"The {backend.name} model in {model} could not be loaded. Fix: check that LOCAL_MODEL points at a "
                 f"complete model directory for BACKEND={backend.name}.")
     hub = getattr(backend, "hub", "its model hub")
@@ -55,6 +61,7 @@ class ModelWorker:
         self.segmenter = Segmenter(settings)
         self.settings = settings
         self.state = "loading"
+        self.capabilities = Capabilities()  # what the loaded model can do (set by each load)
         self.error: str | None = None  # the library's own words, when loading failed
         self.problem = ""  # what failed and what to do, when loading failed
         self._failures = 0
@@ -69,15 +76,22 @@ class ModelWorker:
                          "dropped_disconnected": 0, "timed_out": 0, "out_of_order": 0, "unloads": 0}
         self._last_used = time.monotonic()
         self._stop = threading.Event()
-        self.loaded = self.executor.submit(self._load)
-        if settings.MODEL_IDLE_UNLOAD:
+        self.loaded: Future[None] | None = None  # the model's load, once start() has begun it
+
+    def start(self) -> None:
+        """Begin loading the model on the model thread (and watching for idle time); once only."""
+        with self._lock:
+            if self.loaded is not None:
+                return
+            self.loaded = self.executor.submit(self._load)
+        if self.settings.MODEL_IDLE_UNLOAD:
             threading.Thread(target=self._watch_idle, name="rapl-idle", daemon=True).start()
 
     def _load(self) -> None:
         started = time.perf_counter()
         log.info("loading %s model %s", self.backend.name, self.backend.model)
         try:
-            self.backend.load()
+            self.capabilities = self.backend.load()
             self.segmenter.load()
         except BaseException as exc:  # noqa: BLE001 - the server stays up and reports it
             self._failed(exc)
@@ -131,6 +145,7 @@ class ModelWorker:
         A model that failed to load (say, offline on first start) is tried again by the first
         request after its back-off (MODEL_RETRY_SECONDS, doubling up to 10 minutes).
         """
+        self.start()  # under a WSGI server that is not RAPL's own, the first request starts the model
         with self._lock:
             if self.state == "failed" and time.monotonic() >= self._retry_at:
                 try:
@@ -139,9 +154,14 @@ class ModelWorker:
                     log.info("trying to load model %s again", self.backend.model)
                 except RuntimeError:  # the executor was shut down: the server is stopping
                     raise APIError("The server is shutting down.", 503, code="shutting_down") from None
+        assert self.loaded is not None
         self.loaded.result()
         if self.state == "failed":
             raise self.unavailable()
+
+    def check(self, options: Options) -> None:
+        """Refuse (400, naming the parameter) what the loaded model cannot do."""
+        check_options(self.capabilities, options, f"the {self.backend.name} model {public_name(self.backend.model)}")
 
     @property
     def queue_depth(self) -> int:
@@ -222,8 +242,9 @@ class ModelWorker:
         """What /health reports."""
         body: dict[str, Any] = {"status": self.state, "backend": self.backend.name,
                                 "model": public_name(self.backend.model), "queue_depth": self._waiting,
-                                "busy": self.running, **self.counters,
-                                "languages": sorted(langs) if (langs := self.backend.languages) is not None else None}
+                                "busy": self.running, **self.counters}
+        languages = self.capabilities.languages
+        body["languages"] = sorted(languages) if languages is not None else None  # None: any
         if self.state == "failed" or self.error:
             body["error"] = f"{self.problem} Detail: {self.error}" if self.problem else self.error
         return body

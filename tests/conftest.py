@@ -130,6 +130,7 @@ class Server:
         self._closed = False
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
+        self.worker.start()  # as rapl.server does: the model loads while the server answers
 
     def wait_loaded(self, timeout: float = 120) -> str:
         """Wait for the model to finish loading; returns its state."""

@@ -115,8 +115,9 @@ def test_transcribe_goes_on_after_a_bad_file_and_exits_1(clips: dict[str, Path],
 def test_transcribe_with_an_unloadable_model_says_what_to_do(jfk: Path) -> None:
     proc = rapl("transcribe", str(jfk), BACKEND="whisper", LOCAL_MODEL="/nonexistent/dir", HF_HUB_OFFLINE="1")
     assert proc.returncode == 1
-    assert "could not load the whisper model /nonexistent/dir" in proc.stderr
-    assert "LOCAL_MODEL" in proc.stderr and "Traceback" not in proc.stderr
+    assert "rapl: The whisper model /nonexistent/dir could not be loaded: there is no such directory. Fix: set " \
+        "LOCAL_MODEL to a model directory" in proc.stderr  # the server's words: what failed, the fix, the detail
+    assert proc.stderr.index("Fix:") < proc.stderr.index("Detail:") and "Traceback" not in proc.stderr
 
 
 def test_invalid_setting_is_one_line_and_status_2(jfk: Path) -> None:

@@ -77,15 +77,21 @@ def test_missing_mlx_audio_names_backend_and_install_command(monkeypatch: pytest
     assert "mlx-audio" in str(info.value)
 
 
+def run(backend: MLXBackend, audio: np.ndarray, options: Options) -> tuple[Transcription, list[Segment]]:
+    """The backend's segments for ``audio``, and them as one Transcription."""
+    segments = list(backend.transcribe(audio, options))
+    return Transcription.of(segments, len(audio) / 16000, options.task, options.language), segments
+
+
 def test_attributes(mlx_qwen3: MLXBackend, tiny_qwen3_asr: Path) -> None:
     assert (mlx_qwen3.name, mlx_qwen3.model, mlx_qwen3.family_key) == ("mlx", str(tiny_qwen3_asr), "qwen3_asr")
-    assert (mlx_qwen3.can_translate, mlx_qwen3.can_time_words, mlx_qwen3.segments_audio) == (False, False, False)
-    assert mlx_qwen3.languages is not None and {"en", "zh", "yue", "ja", "de"} <= mlx_qwen3.languages
+    caps = mlx_qwen3.capabilities
+    assert (caps.can_translate, caps.can_time_words, caps.segments_audio) == (False, False, False)
+    assert caps.languages is not None and {"en", "zh", "yue", "ja", "de"} <= caps.languages
 
 
 def test_transcribes_real_clip(mlx_qwen3: MLXBackend, speech_pcm: np.ndarray) -> None:
-    seen: list[Segment] = []
-    result = mlx_qwen3.transcribe(speech_pcm, Options(), seen.append)
+    result, seen = run(mlx_qwen3, speech_pcm, Options())
     assert isinstance(result, Transcription)
     assert isinstance(result.text, str) and result.text
     assert "<|" not in result.text and "asr_text" not in result.text and "\ufffd" not in result.text
@@ -104,7 +110,7 @@ def test_language_codes_become_qwen3_asr_names(mlx_qwen3: MLXBackend) -> None:
 
 def test_requested_language_prompt_and_limit_reach_generate(mlx_qwen3: MLXBackend, mlx_qwen3_spy: GenerateSpy,
                                                             speech_pcm: np.ndarray) -> None:
-    result = mlx_qwen3.transcribe(speech_pcm[:3 * 16000], Options(language="zh", prompt="Ask not."), lambda s: None)
+    result = run(mlx_qwen3, speech_pcm[:3 * 16000], Options(language="zh", prompt="Ask not."))[0]
     kwargs, output = mlx_qwen3_spy.calls[-1]
     assert kwargs["language"] == "Chinese" and kwargs["system_prompt"] == "Ask not."
     assert kwargs["max_tokens"] == token_limit(3.0)
@@ -116,18 +122,18 @@ def test_generation_limit_stops_a_model_that_never_ends(mlx_qwen3: MLXBackend, m
                                                         speech_pcm: np.ndarray) -> None:
     limit = token_limit(len(speech_pcm) / 16000)
     assert limit == 142  # 11 s * 10 tokens/s + 32
-    mlx_qwen3.transcribe(speech_pcm, Options(language="en"), lambda s: None)
+    run(mlx_qwen3, speech_pcm, Options(language="en"))[0]
     kwargs, output = mlx_qwen3_spy.calls[-1]
     assert kwargs["max_tokens"] == limit
     assert output.generation_tokens == limit  # it never emitted its end token: the limit stopped it
-    short = mlx_qwen3.transcribe(speech_pcm[:16000], Options(language="en"), lambda s: None)
+    short = run(mlx_qwen3, speech_pcm[:16000], Options(language="en"))[0]
     assert mlx_qwen3_spy.calls[-1][1].generation_tokens == token_limit(1.0) == 42
     assert short.duration == 1.0
 
 
 def test_unsupported_language_is_a_400_listing_codes(mlx_qwen3: MLXBackend, speech_pcm: np.ndarray) -> None:
     with pytest.raises(APIError) as info:
-        mlx_qwen3.transcribe(speech_pcm, Options(language="sw"), lambda s: None)
+        run(mlx_qwen3, speech_pcm, Options(language="sw"))[0]
     error = info.value
     assert (error.status, error.param, error.code) == (400, "language", "unsupported_language")
     assert "'sw'" in error.message and "en, es" in error.message
@@ -136,18 +142,17 @@ def test_unsupported_language_is_a_400_listing_codes(mlx_qwen3: MLXBackend, spee
 def test_sensevoice_loads_by_switching_local_model(mlx_sensevoice: MLXBackend, tiny_mlx_sensevoice: Path,
                                                   speech_pcm: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     assert mlx_sensevoice.family_key == "sensevoice"
-    assert mlx_sensevoice.languages == frozenset({"zh", "en", "yue", "ja", "ko"})
+    assert mlx_sensevoice.capabilities.languages == frozenset({"zh", "en", "yue", "ja", "ko"})
     assert mlx_sensevoice.language_value("en") == "en" and mlx_sensevoice.language_value(None) == "auto"
     spy = GenerateSpy.attach(mlx_sensevoice._model, monkeypatch)
-    seen: list[Segment] = []
-    result = mlx_sensevoice.transcribe(speech_pcm, Options(language="en", prompt="ignored"), seen.append)
+    result, seen = run(mlx_sensevoice, speech_pcm, Options(language="en", prompt="ignored"))
     assert spy.calls[-1][0] == {"language": "en", "use_itn": True, "verbose": False}  # no max_tokens, prompt
     assert isinstance(result.text, str) and result.text and "<" not in result.text
     assert result.language == "en" and result.duration == pytest.approx(11.0, abs=0.1)
     assert len(seen) == 1 and seen[0].end == pytest.approx(result.duration)
     assert {"emotion", "events"} <= set(seen[0].extra) and isinstance(seen[0].extra["events"], list)
     with pytest.raises(APIError):
-        mlx_sensevoice.transcribe(speech_pcm, Options(language="de"), lambda s: None)
+        run(mlx_sensevoice, speech_pcm, Options(language="de"))[0]
 
 
 def test_hub_id_loads_from_the_hf_cache_offline(tiny_qwen3_asr: Path, tmp_path: Path,
@@ -165,9 +170,9 @@ def test_hub_id_loads_from_the_hf_cache_offline(tiny_qwen3_asr: Path, tmp_path: 
     backend = _backend(HUB_ID)
     assert backend.family_key == "qwen3_asr"  # from the cached config.json, before loading
     caplog.set_level("INFO", logger="rapl.backends.mlx")
-    backend.load()
+    assert backend.load().languages  # load() returns what the model can do
     assert "cached copy" in caplog.text and "warmed up" in caplog.text
-    result = backend.transcribe(np.zeros(16000, np.float32), Options(language="en"), lambda s: None)
+    result = run(backend, np.zeros(16000, np.float32), Options(language="en"))[0]
     assert isinstance(result.text, str) and result.language == "en"
 
 

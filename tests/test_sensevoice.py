@@ -42,9 +42,10 @@ from rapl.backends.sensevoice import (
 )
 from rapl.errors import APIError
 from rapl.languages import NAMES
+from rapl.pipeline import check_options
 from rapl.richtext import EMOTION_EMOJI, EVENT_EMOJI
 from rapl.settings import Settings
-from rapl.transcription import Options, Segment
+from rapl.transcription import Options, Segment, Transcription
 
 ROOT = Path(__file__).resolve().parents[1]
 SENSEVOICE_LANGUAGES = ("zh", "en", "yue", "ja", "ko")
@@ -62,8 +63,11 @@ def fake_output(monkeypatch: pytest.MonkeyPatch, instance: SenseVoiceBackend, te
 
 def run(instance: SenseVoiceBackend, audio: np.ndarray = TWO_SECONDS,
         **options: Any) -> tuple[Any, list[Segment]]:
-    done: list[Segment] = []
-    return instance.transcribe(audio, Options(**options), done.append), done
+    """What the server does with one chunk: check the request against the model, then transcribe."""
+    wanted = Options(**options)
+    check_options(instance.capabilities, wanted, f"the sensevoice model {instance.model}")
+    done = list(instance.transcribe(audio, wanted))
+    return Transcription.of(done, np.asarray(audio).size / 16000, wanted.task, wanted.language), done
 
 
 # -- construction and loading ------------------------------------------------------------------
@@ -75,7 +79,7 @@ def test_constructor_imports_neither_funasr_nor_torch(tiny_sensevoice: Path):
         "from rapl.backends import create\n"
         f"b = create(Settings.load({{'LOCAL_MODEL': {str(tiny_sensevoice)!r}}}, environ={{}}))\n"
         "heavy = sorted(m for m in ('funasr', 'torch', 'modelscope') if m in sys.modules)\n"
-        "print(heavy, b.name, b.model_class, sorted(b.languages), b.can_time_words)\n"
+        "print(heavy, b.name, b.model_class, sorted(b.capabilities.languages), b.capabilities.can_time_words)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True, timeout=120).stdout.strip()
@@ -86,9 +90,9 @@ def test_registry_builds_this_backend():
     settings = Settings.load({"BACKEND": "sensevoice"}, environ={})
     instance = create(settings)
     assert isinstance(instance, SenseVoiceBackend)
-    assert (instance.name, instance.model, instance.can_translate) == ("sensevoice", "iic/SenseVoiceSmall",
-                                                                       False)
-    assert instance.segments_audio is False  # one segment per chunk
+    assert (instance.name, instance.model, instance.capabilities.can_translate) == (
+        "sensevoice", "iic/SenseVoiceSmall", False)
+    assert instance.capabilities.segments_audio is False  # one segment per chunk
     for attribute in Backend.__annotations__:
         assert hasattr(instance, attribute), attribute
 
@@ -110,8 +114,8 @@ def test_loads_offline_through_automodel(funasr_backend, offline, tiny_sensevoic
     assert isinstance(instance._auto, AutoModel)
     assert instance.model == str(tiny_sensevoice)
     assert instance.model_class == "SenseVoiceSmall"
-    assert instance.languages == frozenset(SENSEVOICE_LANGUAGES)
-    assert instance.can_time_words and not instance.can_translate
+    assert instance.capabilities.languages == frozenset(SENSEVOICE_LANGUAGES)
+    assert instance.capabilities.can_time_words and not instance.capabilities.can_translate
     assert offline == []
 
 
@@ -297,7 +301,7 @@ def test_paraformer_loads_and_serves(funasr_backend, funasr_spy, tiny_paraformer
     with caplog.at_level(logging.WARNING, logger="rapl.backends.sensevoice"):
         instance = funasr_backend(tiny_paraformer)
     assert instance.model_class == "Paraformer"
-    assert instance.languages == frozenset({"zh", "en"}) and instance.can_time_words
+    assert instance.capabilities.languages == frozenset({"zh", "en"}) and instance.capabilities.can_time_words
     if not _cached(PUNC_MODEL):
         assert "writes no punctuation" in caplog.text
     calls = funasr_spy(instance)
@@ -361,8 +365,8 @@ def test_unknown_class_gets_the_default_family(caplog):
     with caplog.at_level(logging.WARNING, logger="rapl.backends.sensevoice"):
         instance = _family_backend("SomeNewASR")
     assert "SomeNewASR is not in RAPL's table" in caplog.text
-    assert instance.languages is None and not instance.can_time_words
-    instance.check_language("fr")  # any code: the model is not told
+    assert instance.capabilities.languages is None and not instance.capabilities.can_time_words
+    check_options(instance.capabilities, Options(language="fr"), "it")  # any code: the model is not told
     assert instance.generate_kwargs(Options(language="fr", prompt="x")) == {}
 
 

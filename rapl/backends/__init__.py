@@ -1,29 +1,63 @@
 """Speech-to-text backends behind one small Protocol, chosen by the BACKEND setting.
 
-Each backend lives in its own module and imports its heavy library only inside
-``load()``, so choosing one never imports the others.
+A backend is one module plus one entry in SPECS: its factory, default model, the packages it
+needs, the hub its models come from and the file that marks a local model directory. Settings,
+``rapl check``, ``rapl models`` and README's table derive from that entry. Each backend imports its
+heavy library only inside ``load()``, so choosing one never imports the others; ``load()``
+returns what the loaded model can do (its Capabilities), and ``transcribe()`` yields segments.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from ..settings import Settings
-from ..transcription import Options, Segment, Transcription
+    from ..settings import Settings
+    from ..transcription import Options, Segment
 
-OnSegment = Callable[[Segment], None]
 
-# BACKEND value -> "module:Class", imported only when chosen.
-REGISTRY: dict[str, str] = {
-    "sensevoice": "rapl.backends.sensevoice:SenseVoiceBackend",
-    "whisper": "rapl.backends.whisper:WhisperBackend",
-    "mlx": "rapl.backends.mlx:MLXBackend",
-}
+@dataclass(frozen=True)
+class BackendSpec:
+    """Everything RAPL knows about a backend before it is built."""
+
+    name: str  # the BACKEND value
+    factory: str  # "module:Class", imported only when chosen
+    default_model: str  # what an empty LOCAL_MODEL loads
+    packages: tuple[tuple[str, str], ...]  # (module to import, pip package) it needs
+    hub: str  # where models that are not local directories come from
+    hub_host: str  # that hub's host (what `rapl check` probes)
+    marker: str | None  # a file every local model directory of this backend has (None: varies)
+
+
+SPECS: dict[str, BackendSpec] = {spec.name: spec for spec in (
+    BackendSpec("sensevoice", "rapl.backends.sensevoice:SenseVoiceBackend", "iic/SenseVoiceSmall",
+                (("funasr", "funasr"), ("torch", "torch"), ("kaldi_native_fbank", "kaldi-native-fbank")),
+                "ModelScope", "www.modelscope.cn", "config.yaml"),
+    BackendSpec("whisper", "rapl.backends.whisper:WhisperBackend", "Systran/faster-whisper-small",
+                (("faster_whisper", "faster-whisper"),), "Hugging Face", "huggingface.co", "model.bin"),
+    BackendSpec("mlx", "rapl.backends.mlx:MLXBackend", "mlx-community/Qwen3-ASR-1.7B-8bit",
+                (("mlx_audio", "mlx-audio"),), "Hugging Face", "huggingface.co", "config.json"),
+)}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a loaded model can do; requests asking for more get a 400 naming the parameter."""
+
+    languages: frozenset[str] | None = None  # ISO codes it accepts; None: any code
+    can_translate: bool = False  # speech to English text (task="translate")
+    can_time_words: bool = False  # word timestamps
+    segments_audio: bool = False  # splits a long chunk into timed segments itself (Whisper); else one per chunk
+    can_bias: bool = False  # takes a vocabulary (keywords[]) to favour
+    can_detect_among: bool = False  # restricts language detection to given languages (languages[])
+    can_logprobs: bool = False  # reports per-token log-probabilities (include[]=logprobs)
 
 
 class Backend(Protocol):
@@ -32,25 +66,18 @@ class Backend(Protocol):
     name: str  # the BACKEND value
     model: str  # the hub id or directory in use
     hub: str  # where a model that is not a local directory is downloaded from
-    languages: frozenset[str] | None  # ISO codes it accepts; None: any Whisper code
-    can_translate: bool  # speech to English text (task="translate")
-    can_time_words: bool  # word timestamps
-    segments_audio: bool  # splits a long chunk into timed segments itself (Whisper); else one per chunk
-    can_bias: bool  # takes a vocabulary (keywords[]) to favour
-    can_detect_among: bool  # restricts language detection to given languages (languages[])
-    can_logprobs: bool  # reports per-token log-probabilities (include[]=logprobs)
 
-    def load(self) -> None:
+    def load(self) -> Capabilities:
         """Download if needed, load and warm up the model (runs in the model thread)."""
 
     def unload(self) -> None:
         """Drop the model so its memory can be freed (load() brings it back)."""
 
-    def transcribe(self, audio: np.ndarray, options: Options, on_segment: OnSegment) -> Transcription:
+    def transcribe(self, audio: np.ndarray, options: Options) -> Iterator[Segment]:
         """Transcribe 16 kHz mono float32 audio (one chunk of at most MAX_CHUNK_SECONDS).
 
-        Calls ``on_segment`` for every segment of the result, in order, as each is done;
-        times are relative to the start of ``audio``.
+        Yields its segments in order, as each is done; times are relative to the start of
+        ``audio``; a segment's ``language`` is the language the model heard, where it says.
         """
 
 
@@ -61,6 +88,18 @@ def public_name(model: str) -> str:
     """
     path = Path(model).expanduser()
     return path.name or model if path.is_absolute() or path.is_dir() else model
+
+
+def cpu_threads(settings: Settings) -> int:
+    """THREADS, or every core when it is 0."""
+    return settings.THREADS or os.cpu_count() or 1
+
+
+def warm_up_noise(seconds: float = 1.0) -> np.ndarray:
+    """Quiet noise to run a freshly loaded model once, so the first request pays no set-up."""
+    import numpy as np
+
+    return np.random.default_rng(0).normal(0.0, 1e-3, int(seconds * 16000)).astype(np.float32)
 
 
 def free_memory() -> None:
@@ -79,6 +118,6 @@ def free_memory() -> None:
 
 def create(settings: Settings) -> Backend:
     """Build (but do not load) the backend that ``settings.BACKEND`` names."""
-    module_name, class_name = REGISTRY[settings.BACKEND].split(":")
+    module_name, class_name = SPECS[settings.BACKEND].factory.split(":")
     module = importlib.import_module(module_name)
     return getattr(module, class_name)(settings)

@@ -23,8 +23,8 @@ import platform
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,8 @@ from .. import languages as langs
 from .. import richtext
 from ..errors import APIError
 from ..settings import Settings, SettingsError
-from ..text import join_text
-from ..transcription import Options, Segment, Transcription, Word
-from . import OnSegment
+from ..transcription import Options, Segment, Word
+from . import SPECS, Capabilities, warm_up_noise
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ class MLXBackend:
     """mlx-audio speech-to-text models on MLX (Apple Silicon GPU, CUDA or CPU)."""
 
     name = "mlx"
-    hub = "Hugging Face"  # where models that are not local directories come from
+    hub = SPECS["mlx"].hub
     can_translate = False
     can_detect_among = False
     can_logprobs = False
@@ -124,13 +123,17 @@ class MLXBackend:
     def _set_family(self, key: str) -> None:
         self.family_key = key
         self.family = FAMILIES.get(key, DEFAULT_FAMILY)
-        self.languages: frozenset[str] | None = (
-            frozenset(self.family.languages) if self.family.languages is not None else None)
-        self.can_time_words = self.family.word_timestamps_arg is not None
-        self.segments_audio = self.family.segments_audio
-        self.can_bias = self.family.prompt_arg is not None  # keywords[] join the prompt (context)
 
-    def load(self) -> None:
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this model family can do (guessed from config.json; load() settles it)."""
+        family = self.family
+        return Capabilities(languages=frozenset(family.languages) if family.languages is not None else None,
+                            can_time_words=family.word_timestamps_arg is not None,
+                            segments_audio=family.segments_audio,
+                            can_bias=family.prompt_arg is not None)  # keywords[] join the prompt (context)
+
+    def load(self) -> Capabilities:
         """Find the model (local directory, Hugging Face cache, else download), load, warm up."""
         started = time.perf_counter()
         import mlx.core as mx
@@ -150,6 +153,7 @@ class MLXBackend:
                  self.family_key, self._device, time.perf_counter() - loading,
                  time.perf_counter() - started)
         self._warm_up()
+        return self.capabilities
 
     def unload(self) -> None:
         """Drop the MLX model."""
@@ -158,31 +162,24 @@ class MLXBackend:
     def _warm_up(self) -> None:
         """Run one short clip so MLX compiles its kernels before the first request."""
         started = time.perf_counter()
-        clip = np.random.default_rng(0).normal(0.0, 1e-3, int(WARMUP_SECONDS * SAMPLE_RATE))
         kwargs = self._kwargs(Options(), WARMUP_SECONDS)
         if self.family.max_tokens_arg:
             kwargs[self.family.max_tokens_arg] = WARMUP_TOKENS
-        self._generate(clip.astype(np.float32), kwargs)
+        self._generate(warm_up_noise(WARMUP_SECONDS), kwargs)
         log.info("warmed up %s in %.2f s", self.model, time.perf_counter() - started)
 
-    def transcribe(self, audio: np.ndarray, options: Options, on_segment: OnSegment) -> Transcription:
-        """Transcribe 16 kHz mono audio, calling ``on_segment`` for each segment."""
+    def transcribe(self, audio: np.ndarray, options: Options) -> Iterator[Segment]:
+        """Transcribe 16 kHz mono audio, yielding its segments."""
         if self._model is None:
             raise RuntimeError("MLXBackend.transcribe() called before load()")
-        if options.task != "transcribe":
-            raise APIError(f"The mlx model {self.model} cannot translate; use /v1/audio/transcriptions.",
-                           400, param="model", code="translation_unsupported")
         duration = len(audio) / SAMPLE_RATE
         kwargs = self._kwargs(options, duration)
         if isinstance(audio, np.ndarray) and audio.dtype != np.float32:
             audio = audio.astype(np.float32)
         output = self._generate(audio, kwargs)
-        segments = _segments(output, duration, self.family)
-        for segment in segments:
-            on_segment(segment)
         language = _code(_field(output, "language"), self.family) or options.language
-        return Transcription(text=join_text([s.text for s in segments]), language=language,
-                             duration=duration, segments=segments, task=options.task)
+        for segment in _segments(output, duration, self.family):
+            yield replace(segment, language=language)
 
     def language_value(self, code: str | None) -> str | None:
         """The value this family's generate() takes for ISO ``code`` (None: detect).

@@ -8,10 +8,9 @@ FunASR and torch are imported in :meth:`SenseVoiceBackend.load`, never before.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,11 @@ from typing import Any
 import numpy as np
 
 from .. import richtext
-from ..errors import APIError
 from ..languages import CODES
 from ..settings import Settings
 from ..text import WORDS, join_text
-from ..transcription import Options, Segment, Transcription, Word
-from . import OnSegment
+from ..transcription import Options, Segment, Word
+from . import SPECS, Capabilities, cpu_threads, warm_up_noise
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +73,7 @@ class SenseVoiceBackend:
     """Any FunASR speech-recognition model, run in-process through ``funasr.AutoModel``."""
 
     name = "sensevoice"
-    hub = "ModelScope"  # where models that are not local directories come from
+    hub = SPECS["sensevoice"].hub
     can_translate = False
     segments_audio = False  # one segment per chunk: RAPL's VAD does the splitting
     can_detect_among = False
@@ -87,8 +85,6 @@ class SenseVoiceBackend:
         self.model = settings.model
         self.model_class: str | None = None
         self.family = DEFAULT_FAMILY
-        self.languages: frozenset[str] | None = None
-        self.can_time_words = False
         self._auto: Any = None
         self._torch: Any = None
         self._punctuation = False
@@ -97,13 +93,16 @@ class SenseVoiceBackend:
             self._set_family(read_model_class(local))
 
     @property
-    def can_bias(self) -> bool:
-        """Whether the model takes hotwords (keywords[] and the prompt's words go there)."""
-        return self.family.hotword_arg is not None
+    def capabilities(self) -> Capabilities:
+        """What this model family can do (known from config.yaml; load() settles it)."""
+        family = self.family
+        return Capabilities(languages=frozenset(family.languages) if family.languages is not None else None,
+                            can_time_words=family.timestamps,
+                            can_bias=family.hotword_arg is not None)  # keywords[] and the prompt's words: hotwords
 
     # -- loading ---------------------------------------------------------------------
 
-    def load(self) -> None:
+    def load(self) -> Capabilities:
         """Find the model (local dir or ModelScope cache, else download), load, warm up."""
         import torch
         from funasr import AutoModel
@@ -113,7 +112,7 @@ class SenseVoiceBackend:
         path = resolve_model(self.model)
         self._set_family(read_model_class(Path(path)))
         device = pick_device(self.settings.DEVICE, torch)
-        threads = self.settings.THREADS or os.cpu_count() or 1
+        threads = cpu_threads(self.settings)
         torch.set_num_threads(threads)
         kwargs: dict[str, Any] = {
             "model": path, "device": device, "ncpu": threads, "disable_update": True,
@@ -128,6 +127,7 @@ class SenseVoiceBackend:
         log.info("loaded %s (%s) on %s with %d threads in %.1f s", self.model,
                  self.model_class, device, threads, time.perf_counter() - started)
         self._warm_up()
+        return self.capabilities
 
     def _set_family(self, model_class: str | None) -> None:
         if model_class and model_class not in FAMILIES and model_class != self.model_class:
@@ -135,9 +135,6 @@ class SenseVoiceBackend:
                         "language, tag, timestamp or hotword support", model_class)
         self.model_class = model_class
         self.family = FAMILIES.get(model_class or "", DEFAULT_FAMILY)
-        languages = self.family.languages
-        self.languages = frozenset(languages) if languages is not None else None
-        self.can_time_words = self.family.timestamps
 
     def _punctuation_model(self) -> str | None:
         """ct-punc for families that write no punctuation, when USE_ITN is on.
@@ -166,37 +163,22 @@ class SenseVoiceBackend:
 
     def _warm_up(self) -> None:
         started = time.perf_counter()
-        noise = np.random.default_rng(0).normal(0.0, 1e-3, SAMPLE_RATE).astype(np.float32)
-        self._generate(noise, self.generate_kwargs(Options()))
+        self._generate(warm_up_noise(), self.generate_kwargs(Options()))
         log.info("warm-up took %.2f s", time.perf_counter() - started)
 
     # -- transcription ---------------------------------------------------------------
 
-    def transcribe(self, audio: np.ndarray, options: Options, on_segment: OnSegment) -> Transcription:
-        """Transcribe 16 kHz mono float32 audio as one segment."""
+    def transcribe(self, audio: np.ndarray, options: Options) -> Iterator[Segment]:
+        """Transcribe 16 kHz mono float32 audio as one segment (none when it holds no words)."""
         if self._auto is None:
             raise RuntimeError("SenseVoiceBackend.transcribe called before load()")
-        self.check_language(options.language)
         audio = np.ascontiguousarray(audio, dtype=np.float32).reshape(-1)
         duration = len(audio) / SAMPLE_RATE
-        words_wanted = options.word_timestamps and self.can_time_words
+        words_wanted = options.word_timestamps and self.family.timestamps
         result = self._run(audio, self.generate_kwargs(options, words_wanted), words_wanted)
         segment, language = self._segment(result, duration, words_wanted)
-        language = language or options.language or self._script_language(segment.text)
-        segments = (segment,) if segment.text else ()
-        for done in segments:
-            on_segment(done)
-        return Transcription(text=segment.text, language=language, duration=duration,
-                             segments=segments, task=options.task)
-
-    def check_language(self, language: str | None) -> None:
-        """Raise APIError 400 for a language this model does not accept."""
-        if language is None or self.languages is None or language in self.languages:
-            return
-        accepted = ", ".join(sorted(self.languages))
-        raise APIError(f"Language {language!r} is not supported by {self.model}: use one of "
-                       f"{accepted}, or leave language out to detect it.", 400,
-                       param="language", code="unsupported_language")
+        if segment.text:
+            yield replace(segment, language=language or options.language or self._script_language(segment.text))
 
     def generate_kwargs(self, options: Options, words: bool = False) -> dict[str, Any]:
         """The keyword arguments ``AutoModel.generate`` gets for ``options``."""

@@ -6,16 +6,15 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from ..errors import APIError
 from ..settings import Settings
-from ..text import join_text
-from ..transcription import Options, Segment, TokenLogprob, Transcription, Word
-from . import OnSegment
+from ..transcription import Options, Segment, TokenLogprob, Word
+from . import SPECS, Capabilities, cpu_threads, warm_up_noise
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +25,14 @@ class WhisperBackend:
     """Whisper through faster-whisper."""
 
     name = "whisper"
-    hub = "Hugging Face"  # where models that are not local directories come from
-    can_time_words = True
-    segments_audio = True
-    can_bias = True  # keywords[] become faster-whisper's hotwords
-    can_detect_among = True  # languages[]: detection restricted to the given languages
-    can_logprobs = True  # include[]=logprobs: each text token scored by the model
+    hub = SPECS["whisper"].hub
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.model = settings.model
-        self.languages: frozenset[str] | None = None
-        self.can_translate = True
         self._model: Any = None
 
-    def load(self) -> None:
+    def load(self) -> Capabilities:
         """Load from a local directory or the Hugging Face cache (downloading if absent), then warm up."""
         from faster_whisper import WhisperModel
 
@@ -49,7 +41,7 @@ class WhisperBackend:
         if compute_type == "default":
             compute_type = "int8" if device == "cpu" else "float16"
         kwargs = {"device": device, "device_index": index, "compute_type": compute_type,
-                  "cpu_threads": self.settings.THREADS or os.cpu_count() or 1}
+                  "cpu_threads": cpu_threads(self.settings)}
         started = time.perf_counter()
         if os.path.isdir(self.model):
             self._model = WhisperModel(self.model, **kwargs)
@@ -60,14 +52,15 @@ class WhisperBackend:
             except Exception:  # noqa: BLE001 - not cached: download it
                 log.info("downloading %s from Hugging Face (first use)", self.model)
                 self._model = WhisperModel(self.model, **kwargs)
-        if not self._model.model.is_multilingual:
-            self.languages = frozenset({"en"})
-            self.can_translate = False
-        else:
-            self.languages = frozenset(_model_codes())
         log.info("loaded whisper model %s on %s (%s) in %.1f s", self.model, device, compute_type,
                  time.perf_counter() - started)
         self._warm_up()
+        multilingual = self._model.model.is_multilingual
+        return Capabilities(languages=frozenset(_model_codes()) if multilingual else frozenset({"en"}),
+                            can_translate=multilingual, can_time_words=True, segments_audio=True,
+                            can_bias=True,  # keywords[] become faster-whisper's hotwords
+                            can_detect_among=True,  # languages[]: detection among the given languages
+                            can_logprobs=True)  # include[]=logprobs: each text token scored by the model
 
     def unload(self) -> None:
         """Drop the CTranslate2 model."""
@@ -75,33 +68,24 @@ class WhisperBackend:
 
     def _warm_up(self) -> None:
         started = time.perf_counter()
-        noise = np.random.default_rng(0).normal(0, 0.01, 16000).astype(np.float32)
-        segments, _ = self._model.transcribe(noise, language="en", beam_size=1, without_timestamps=True)
+        segments, _ = self._model.transcribe(warm_up_noise(), language="en", beam_size=1, without_timestamps=True)
         list(segments)
         log.info("warm-up took %.2f s", time.perf_counter() - started)
 
-    def transcribe(self, audio: np.ndarray, options: Options, on_segment: OnSegment) -> Transcription:
+    def transcribe(self, audio: np.ndarray, options: Options) -> Iterator[Segment]:
         """Transcribe (or translate) with faster-whisper, one Segment per Whisper segment."""
-        if options.task == "translate" and not self.can_translate:
-            raise APIError(f"The model {self.model} is English-only and cannot translate.", 400,
-                           param="model", code="translation_unsupported")
         language = options.language or self._detect_among(audio, options.candidates)
         pieces, info = self._model.transcribe(
             audio, language=language, task=options.task, initial_prompt=options.prompt or None,
             hotwords=" ".join(options.keywords) or None, temperature=temperatures(options.temperature),
             word_timestamps=options.word_timestamps, vad_filter=False,
         )
-        segments = []
-        for piece in pieces:
-            segment = _segment(piece)
-            if options.logprobs:
-                segment = self._with_logprobs(audio, segment, language or info.language, options.task)
-            segments.append(segment)
-            on_segment(segment)
         language = language or info.language
-        return Transcription(text=join_text([s.text for s in segments]), language=language,
-                             duration=len(audio) / 16000, segments=tuple(segments), task=options.task)
-
+        for piece in pieces:
+            segment = replace(_segment(piece), language=language)
+            if options.logprobs:
+                segment = self._with_logprobs(audio, segment, language, options.task)
+            yield segment
 
     def _with_logprobs(self, audio: np.ndarray, segment: Segment, language: str, task: str) -> Segment:
         """``segment`` with the log-probability of each of its text tokens, scored by the model itself
