@@ -14,9 +14,12 @@ from typing import IO, Any
 from dotenv import dotenv_values
 from flask import Flask, Request, Response, g
 
-from . import auth, backends, cors, errors, metrics
+from . import auth, backends, cors, encoders, errors, metrics
 from .backends import Backend
-from .settings import Settings
+from .service import Transcriber
+from .settings import SPEC, Settings
+from .speakers import Diarizer
+from .vocabulary import Vocabulary
 from .worker import ModelWorker
 
 __version__ = "0.1.0"
@@ -63,11 +66,30 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend |
     app.register_blueprint(web_bp)
     worker = ModelWorker(backend or backends.create(settings), settings)
     app.extensions["rapl"] = worker
-    info = {"backend": settings.BACKEND, "model": backends.public_name(settings.model)}
-    metrics.register(app, metrics.Metrics(queue_depth=lambda: worker.queue_depth,
-                                          model_loaded=lambda: worker.state == "ready", info=info))
+    info = {"backend": worker.backend.name, "model": backends.public_name(worker.backend.model)}
+    app_metrics = metrics.Metrics(queue_depth=lambda: worker.queue_depth,
+                                  model_loaded=lambda: worker.state == "ready", info=info)
+    metrics.register(app, app_metrics)
+    app.extensions["rapl.service"] = Transcriber(worker, Vocabulary.from_settings(settings), _diarizer(settings),
+                                                 progress=settings.PROGRESS, on_audio=app_metrics.audio_processed)
     log.info("RAPL %s: backend %s, model %s", __version__, settings.BACKEND, settings.model)
     return app
+
+
+def _diarizer(settings: Settings) -> Diarizer | None:
+    """The speaker stage SPEAKER_MODEL names (its model loads on first use), or None where it cannot run.
+
+    A SPEAKER_MODEL chosen in the settings must be installed (start-up fails, naming the command);
+    the default one is optional: without it diarized_json answers 400 saying what to install.
+    """
+    try:
+        encoders.check(settings.SPEAKER_MODEL)
+    except encoders.SpeakerModelError as exc:
+        if settings.SPEAKER_MODEL != SPEC["SPEAKER_MODEL"][0]:  # chosen, not the default
+            raise
+        log.info("speaker labels (diarized_json) are off: %s", exc)
+        return None
+    return Diarizer.from_settings(settings)
 
 
 def _common_headers(response: Response) -> Response:
@@ -109,6 +131,14 @@ def environment(env_file: str | None) -> dict[str, str]:
     if env_file and os.path.isfile(env_file):
         values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
     return {**values, **os.environ}
+
+
+def use_env_file(env_file: str | None) -> None:
+    """For entry points, which own the process: the dotenv file's variables join the process
+    environment where unset, so the hub libraries see HF_HOME, MODELSCOPE_CACHE, HTTPS_PROXY and
+    the like from `.env` too. create_app() never does this."""
+    for name, value in environment(env_file).items():
+        os.environ.setdefault(name, value)
 
 
 def configure_logging(level: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import queue
@@ -10,16 +11,17 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import IO, Any
 
+import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from . import audio, formats, openapi, params, pipeline, request_id
-from .audio import Recording
+from . import audio, formats, openapi, params, request_id
 from .backends import public_name
-from .errors import APIError
-from .metrics import metrics_of
+from .errors import APIError, RaplError, as_api, status_of
+from .recording import duration
+from .service import Job, Transcriber
+from .speakers import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS
 from .text import join_text
 from .transcription import Segment, Transcription
-from .vad import Chunk
 from .worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -29,12 +31,16 @@ bp = Blueprint("api", __name__)
 PREFIXES = ("/v1", "", "/v1/v1")
 # OpenAI's speech-to-text model names: requests may use any of them (or any name at all).
 OPENAI_MODELS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
-SILENT_PEAK = 1e-3  # -60 dBFS: a clip that never gets louder holds no speech
 
 
 def worker() -> ModelWorker:
     """The app's model worker."""
     return current_app.extensions["rapl"]
+
+
+def transcriber() -> Transcriber:
+    """The app's transcription service."""
+    return current_app.extensions["rapl.service"]
 
 
 def _upload() -> IO[bytes]:
@@ -50,85 +56,56 @@ def _upload() -> IO[bytes]:
 
 def _handle(task: str) -> Response:
     started = time.perf_counter()
-    rid = request_id()
-    stats: dict[str, Any] = {"id": rid, "task": task}
+    stats: dict[str, Any] = {"id": request_id(), "task": task}
     g.rapl_stats = stats
     req = params.parse(request.form, task)
-    work = worker()
+    work, service = worker(), transcriber()
     settings = current_app.config["RAPL_SETTINGS"]
     upload = _upload()
     work.check_room()  # a full queue answers 429 before the upload is decoded
+    known = _known_speakers(req, settings.MAX_AUDIO_SECONDS)
     audio.release(request.environ.get("wsgi.input"))  # the form is parsed: the raw body is not needed
     pcm = audio.decode_recording(upload, settings.MAX_AUDIO_SECONDS)  # paged: silence is not stored
     audio.release(upload)  # decoded: a waiting request holds its audio, not its upload too
-    stats.update(audio=audio.duration(pcm), decode=time.perf_counter() - started)
+    stats.update(audio=duration(pcm), decode=time.perf_counter() - started)
     work.ensure_loaded()  # requests that arrive while the model loads wait for it
-    work.check(req.options)
+    req = service.prepare(req)
     connected = request.environ.get("waitress.client_disconnected")
-    is_connected = (lambda: not connected()) if callable(connected) else None
-    metrics = metrics_of(current_app)
-    queued = time.perf_counter()
-
-    def job(chunks: list[Chunk], on_segment: Callable[[Segment], None] | None = None) -> Transcription:
-        begun = time.perf_counter()
-        stats["wait"] = begun - queued
-        result = pipeline.run(work.backend, pcm, req.options, chunks, label=rid,
-                              progress=settings.PROGRESS, on_segment=on_segment)
-        stats["inference"] = time.perf_counter() - begun
-        metrics.audio_processed(result.duration)
-        return result
-
+    job = Job(pcm, req, label=stats["id"], known=known, stats=stats,
+              is_connected=(lambda: not connected()) if callable(connected) else None)
     headers = {"x-rapl-model": public_name(work.backend.model)}
     if req.stream:
         stats["stream"] = True
-        return _streaming(work, lambda on_segment: _schedule(work, pcm, req, job, is_connected, on_segment),
-                          req, headers, stats)
-    result = _schedule(work, pcm, req, job, is_connected).result()
+        return _streaming(lambda on_segment: service.start(job, on_segment), req, headers, stats)
+    result = service.start(job).result()
     headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
     headers["Server-Timing"] = server_timing(stats)
     return _respond(result, req, headers)
 
 
+def _known_speakers(req: params.AudioRequest, max_seconds: float) -> dict[str, np.ndarray]:
+    """The known speakers' reference clips, decoded: 2 to 10 s of audio each (400 otherwise)."""
+    known = {}
+    for name, data in req.known_speakers:
+        try:
+            clip = audio.decode_recording(io.BytesIO(data), min(max_seconds, 60))
+        except RaplError as exc:
+            raise APIError(f"The reference clip of {name!r} could not be used: {exc.message}", 400,
+                           param="known_speaker_references", code="invalid_value") from None
+        seconds = duration(clip)
+        if not MIN_REFERENCE_SECONDS <= seconds <= MAX_REFERENCE_SECONDS:
+            raise APIError(f"The reference clip of {name!r} is {seconds:.1f} s long: give {MIN_REFERENCE_SECONDS:g} "
+                           f"to {MAX_REFERENCE_SECONDS:g} s of their voice.", 400,
+                           param="known_speaker_references", code="invalid_value")
+        known[name] = clip[0:len(clip)]
+    return known
+
+
 def server_timing(stats: dict[str, Any]) -> str:
     """The request's stages as a Server-Timing header (milliseconds): decode, VAD plan, queue wait, model."""
-    stages = (("decode", "decode"), ("vad", "vad"), ("wait", "wait"), ("model", "inference"))
+    stages = (("decode", "decode"), ("vad", "vad"), ("wait", "wait"), ("model", "inference"),
+              ("speakers", "speakers"))
     return ", ".join(f"{name};dur={stats[key] * 1000:.1f}" for name, key in stages if key in stats)
-
-
-def _finished(result: Transcription) -> Future[Transcription]:
-    future: Future[Transcription] = Future()
-    future.set_result(result)
-    return future
-
-
-def _schedule(work: ModelWorker, pcm: Recording, req: params.AudioRequest, job: Callable[..., Transcription],
-              is_connected: Callable[[], bool] | None,
-              on_segment: Callable[[Segment], None] | None = None) -> Future[Transcription]:
-    """Plan and queue the transcription: the same plan, so the same words, streamed or not.
-
-    A json/text clip that fits one chunk (dictation) goes to the model whole. When it is not
-    streamed, the model starts on it while the VAD looks for speech in this thread, so the VAD
-    adds no latency; no speech: the job is withdrawn if it has not started, and the answer is
-    empty text either way. Digital silence never reaches the model. Longer audio is cut at
-    pauses; its first chunk is short, so a stream's first words come early.
-    """
-    segmenter = work.segmenter.tuned(req.options.vad)
-    if req.response_format in ("json", "text") and segmenter.enabled and len(pcm) <= segmenter.max_chunk:
-        if pcm.peak < SILENT_PEAK:
-            return _finished(job([]))
-        if on_segment is not None and not segmenter.speech(pcm):  # a stream must not see a withdrawn job's words
-            return _finished(job([]))
-        future = work.submit(lambda: job([Chunk(0, len(pcm))], on_segment), is_connected)
-        if on_segment is not None or segmenter.speech(pcm):
-            return future
-        work.withdraw(future)
-        return _finished(job([]))
-    planned = time.perf_counter()
-    chunks = segmenter.plan(pcm, merge=work.capabilities.segments_audio)
-    g.rapl_stats["vad"] = time.perf_counter() - planned
-    if not chunks:
-        return _finished(job([]))
-    return work.submit(lambda: job(chunks, on_segment), is_connected)
 
 
 @bp.after_request
@@ -170,11 +147,13 @@ def _sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
 
 
-def _streaming(work: ModelWorker, start: Callable[[Callable[[Segment], None]], Future[Transcription]],
+def _streaming(start: Callable[[Callable[[Segment], None]], Future[Transcription]],
                req: params.AudioRequest, headers: dict[str, str], stats: dict[str, Any]) -> Response:
     """Server-Sent Events as OpenAI sends them: text deltas per segment, then the whole text.
 
-    The headers go out at once (an SSE comment), before the model has said anything.
+    The headers go out at once (an SSE comment), before the model has said anything. With
+    diarized_json each delta names its segment, and once the voices are told apart (which needs the
+    whole recording) a ``transcript.text.segment`` event per segment carries its speaker.
     """
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     future = start(lambda segment: events.put(("segment", segment)))
@@ -190,12 +169,11 @@ def _streaming(work: ModelWorker, start: Callable[[Callable[[Segment], None]], F
             if not future.done():
                 status = 499  # the client went away mid-stream
             else:
-                error = future.exception()
-                status = error.status if isinstance(error, APIError) else 500 if error else 200
+                status = status_of(future.exception())
             log_request(stats, status)
 
     def events_of() -> Iterator[bytes]:
-        sent = ""
+        sent, count = "", 0
         while True:
             kind, item = events.get()
             if kind == "segment":  # joined exactly as the final text is joined
@@ -205,21 +183,30 @@ def _streaming(work: ModelWorker, start: Callable[[Callable[[Segment], None]], F
                     event = {"type": "transcript.text.delta", "delta": delta}
                     if req.logprobs:
                         event["logprobs"] = formats.token_logprobs(item.logprobs)
+                    if req.diarized:
+                        event["segment_id"] = formats.segment_id(count)
+                    count += 1
                     yield _sse(event)
                 continue
             error = item.exception()
             if error is None:
                 result: Transcription = item.result()
+                if req.diarized:
+                    for index, segment in enumerate(formats.timed_segments(result)):
+                        yield _sse(formats.diarized_segment(index, segment))
                 done = {"type": "transcript.text.done", "text": result.text}
                 if req.logprobs:
                     done["logprobs"] = formats.token_logprobs(result.logprobs)
                 yield _sse({**done, "usage": formats.token_usage(result, req.options.prompt)})
             else:
-                api_error = error if isinstance(error, APIError) else APIError(
-                    f"Internal error: {type(error).__name__}. See the server log.", 500,
-                    code="internal_error")
-                if not isinstance(error, APIError):
+                if isinstance(error, RaplError):
+                    api_error = as_api(error)
+                elif isinstance(error, APIError):
+                    api_error = error
+                else:
                     log.error("streamed transcription failed", exc_info=error)
+                    api_error = APIError(f"Internal error: {type(error).__name__}. See the server log.", 500,
+                                         code="internal_error")
                 yield _sse({"type": "error", **api_error.body()})
             return
 

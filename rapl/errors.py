@@ -41,6 +41,74 @@ class APIError(Exception):
         return resp
 
 
+class RaplError(Exception):
+    """Something went wrong, in words a user can act on; ``code`` and ``param`` name it for clients.
+
+    Audio, the model worker, the pipeline and the backends raise these and know nothing of HTTP;
+    :data:`STATUS` below is the one place that maps each kind to a status code.
+    """
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.retry_after = retry_after  # seconds after which trying again may work
+
+
+class BadAudio(RaplError):
+    """The upload is not audio that can be read (or would cost far more work than its size)."""
+
+
+class TooLong(RaplError):
+    """The audio is longer than MAX_AUDIO_SECONDS."""
+
+
+class Invalid(RaplError):
+    """A value in the request cannot be used (found past parsing, e.g. a voiceless reference clip)."""
+
+
+class Unsupported(RaplError):
+    """The loaded model (or this installation) cannot do what was asked."""
+
+
+class Busy(RaplError):
+    """MAX_QUEUE requests already wait for the model."""
+
+
+class TimedOut(RaplError):
+    """The request waited longer than REQUEST_TIMEOUT for the model."""
+
+
+class ClientGone(RaplError):
+    """The client hung up while its request waited."""
+
+
+class Unavailable(RaplError):
+    """No model to run on: it could not be loaded, or the server is stopping."""
+
+
+STATUS: dict[type[RaplError], int] = {BadAudio: 400, TooLong: 413, Invalid: 400, Unsupported: 400, Busy: 429,
+                                      TimedOut: 504, ClientGone: 499, Unavailable: 503}
+
+
+def as_api(exc: RaplError) -> APIError:
+    """The HTTP answer to a domain error: its status from :data:`STATUS`, its words unchanged."""
+    status = next((STATUS[kind] for kind in type(exc).__mro__ if kind in STATUS), 500)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return APIError(exc.message, status, param=exc.param, code=exc.code, headers=headers)
+
+
+def status_of(exc: BaseException | None) -> int:
+    """The status a finished job's outcome is answered with: 200, 4xx/5xx for errors."""
+    if exc is None:
+        return 200
+    if isinstance(exc, RaplError):
+        return as_api(exc).status
+    return exc.status if isinstance(exc, APIError) else 500
+
+
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "request_too_large", 415: "unsupported_media_type"}
 
@@ -67,6 +135,10 @@ def register(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(exc: APIError) -> Response:
         return exc.response()
+
+    @app.errorhandler(RaplError)
+    def _domain_error(exc: RaplError) -> Response:
+        return as_api(exc).response()
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

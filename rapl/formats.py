@@ -10,13 +10,14 @@ from .text import WORDS, bare_word, unspaced
 from .transcription import Segment, TokenLogprob, Transcription
 
 AUDIO_TOKENS_PER_SECOND = 10
-FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
+FORMATS = ("json", "text", "srt", "verbose_json", "vtt", "diarized_json")
 CONTENT_TYPES = {
     "json": "application/json",
     "verbose_json": "application/json",
     "text": "text/plain; charset=utf-8",
     "srt": "text/plain; charset=utf-8",
     "vtt": "text/plain; charset=utf-8",
+    "diarized_json": "application/json",
 }
 
 
@@ -134,6 +135,24 @@ def to_vtt(result: Transcription) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
+def to_diarized_json(result: Transcription) -> dict[str, Any]:
+    """``response_format=diarized_json``: segments labelled by speaker (``extra["speaker"]``)."""
+    return {"task": "transcribe", "duration": ms(result.duration), "text": result.text,
+            "segments": [diarized_segment(i, s) for i, s in enumerate(timed_segments(result))],
+            "usage": usage(result)}
+
+
+def diarized_segment(index: int, seg: Segment) -> dict[str, Any]:
+    """One ``transcript.text.segment`` (the diarized_json segment and the streamed event alike)."""
+    return {"type": "transcript.text.segment", "id": segment_id(index), "start": ms(seg.start), "end": ms(seg.end),
+            "text": _spaced(seg.text), "speaker": str(seg.extra.get("speaker", "A"))}
+
+
+def segment_id(index: int) -> str:
+    """A segment's id in diarized answers and stream events."""
+    return f"seg_{index}"
+
+
 def render(result: Transcription, response_format: str, words: bool = False,
            segments: bool = True, logprobs: bool = False) -> str | dict[str, Any]:
     """The body for ``response_format``: a dict for the JSON formats, else text."""
@@ -141,4 +160,6 @@ def render(result: Transcription, response_format: str, words: bool = False,
         return to_json(result, logprobs)
     if response_format == "verbose_json":
         return to_verbose_json(result, words, segments)
+    if response_format == "diarized_json":
+        return to_diarized_json(result)
     return {"text": to_text, "srt": to_srt, "vtt": to_vtt}[response_format](result)

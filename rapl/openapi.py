@@ -38,6 +38,11 @@ def _audio_form(transcribe: bool) -> dict[str, Any]:
             "chunking_strategy": {"type": "string", "description": '"auto" or a server_vad object as JSON.'},
             "languages[]": {"type": "array", "items": {"type": "string"}},
             "keywords[]": {"type": "array", "items": {"type": "string", "maxLength": 100}, "maxItems": 100},
+            "known_speaker_names[]": {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+            "known_speaker_references[]": {"type": "array", "items": {"type": "string"}, "maxItems": 4,
+                                           "description": "data: URLs of 2-10 s clips, one per name."},
+            "num_speakers": {"type": "integer", "minimum": 1, "maximum": 32,
+                             "description": "RAPL extension (diarized_json): the number of voices."},
         })
     return {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": ["file"], "properties": properties}}}}

@@ -8,6 +8,8 @@ multipart encoding).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from dataclasses import dataclass
@@ -26,6 +28,8 @@ NON_STREAMING_MODELS = ("whisper-1",)
 MAX_KEYWORDS = 100
 MAX_KEYWORD_CHARS = 100
 MAX_KNOWN_SPEAKERS = 4
+MAX_REFERENCE_BYTES = 8 * 2**20  # a 2-10 s reference clip, in any format the decoder takes
+MAX_SPEAKERS = 32
 _SERVER_VAD_KEYS = {"type", "threshold", "prefix_padding_ms", "silence_duration_ms"}
 
 
@@ -40,6 +44,13 @@ class AudioRequest:
     segments: bool = True  # verbose_json lists segments
     words: bool = False  # verbose_json lists words
     logprobs: bool = False  # include[]=logprobs
+    known_speakers: tuple[tuple[str, bytes], ...] = ()  # (name, reference clip) for diarized_json
+    num_speakers: int | None = None  # diarized_json: how many voices, when the client knows
+
+    @property
+    def diarized(self) -> bool:
+        """Whether the answer labels speakers (response_format=diarized_json)."""
+        return self.response_format == "diarized_json"
 
 
 def _bad(message: str, param: str) -> APIError:
@@ -125,12 +136,49 @@ def _keywords(form: MultiDict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(words))
 
 
-def _known_speakers(form: MultiDict, response_format: str) -> None:
+def _known_speakers(form: MultiDict, response_format: str) -> tuple[tuple[str, bytes], ...]:
+    """Up to MAX_KNOWN_SPEAKERS (name, reference audio bytes) from names[] and data-URL references[]."""
     names, refs = _list(form, "known_speaker_names"), _list(form, "known_speaker_references")
     if not (names or refs):
-        return
+        return ()
     param = "known_speaker_names" if names else "known_speaker_references"
-    raise _bad(f"{param} needs response_format=diarized_json, which this server does not offer yet.", param)
+    if response_format != "diarized_json":
+        raise _bad(f"{param} needs response_format=diarized_json.", param)
+    if len(names) != len(refs):
+        raise _bad(f"known_speaker_names has {len(names)} entries and known_speaker_references {len(refs)}: "
+                   "give one reference clip per name.", "known_speaker_references")
+    if len(names) > MAX_KNOWN_SPEAKERS:
+        raise _bad(f"At most {MAX_KNOWN_SPEAKERS} known speakers, not {len(names)}.", "known_speaker_names")
+    if len({n.casefold() for n in names}) != len(names):
+        raise _bad("known_speaker_names must not repeat a name.", "known_speaker_names")
+    return tuple((name, _data_url(ref)) for name, ref in zip(names, refs, strict=True))
+
+
+def _data_url(ref: str) -> bytes:
+    """The bytes of a ``data:audio/...;base64,...`` reference clip."""
+    head, comma, payload = ref.partition(",")
+    if not (comma and head.lower().startswith("data:") and head.lower().endswith(";base64")):
+        raise _bad("Each known_speaker_references entry must be a data URL: data:audio/wav;base64,<bytes>.",
+                   "known_speaker_references")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        data = b""
+    if not data or len(data) > MAX_REFERENCE_BYTES:
+        raise _bad(f"A known_speaker_references entry is not valid base64 audio of at most "
+                   f"{MAX_REFERENCE_BYTES // 2**20} MB.", "known_speaker_references")
+    return data
+
+
+def _num_speakers(form: MultiDict, response_format: str) -> int | None:
+    raw = _value(form, "num_speakers")  # a RAPL extension: fix the number of voices instead of finding it
+    if raw is None:
+        return None
+    if response_format != "diarized_json":
+        raise _bad("num_speakers needs response_format=diarized_json.", "num_speakers")
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= MAX_SPEAKERS:
+        raise _bad(f"num_speakers must be a whole number from 1 to {MAX_SPEAKERS}, not {raw!r}.", "num_speakers")
+    return int(raw)
 
 
 def _strategy_fields(form: MultiDict) -> dict[str, Any] | None:
@@ -188,8 +236,10 @@ def parse(form: MultiDict, task: str) -> AudioRequest:
     granularities = _granularities(form, response_format) if task == "transcribe" else set()
     model = (_value(form, "model") or "").strip()
     logprobs = _include(form, response_format) if task == "transcribe" else False
-    if task == "transcribe":
-        _known_speakers(form, response_format)
+    known = _known_speakers(form, response_format) if task == "transcribe" else ()
+    speakers = _num_speakers(form, response_format) if task == "transcribe" else None
+    if response_format == "diarized_json" and task != "transcribe":
+        raise _bad("diarized_json is for transcriptions, not translations.", "response_format")
     candidates = _language_list(form) if task == "transcribe" else ()
     language = None if task == "translate" else languages.normalize(_value(form, "language"))
     if language is None and len(candidates) == 1:
@@ -201,4 +251,5 @@ def parse(form: MultiDict, task: str) -> AudioRequest:
     return AudioRequest(response_format=response_format, options=options, model=model,
                         stream=_stream(form, model),
                         segments=not granularities or "segment" in granularities,
-                        words="word" in granularities, logprobs=logprobs)
+                        words="word" in granularities, logprobs=logprobs, known_speakers=known,
+                        num_speakers=speakers)

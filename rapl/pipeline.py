@@ -9,9 +9,9 @@ from collections.abc import Callable
 import numpy as np
 from tqdm import tqdm
 
-from .audio import duration
 from .backends import Backend, Capabilities
-from .errors import APIError
+from .errors import Unsupported
+from .recording import duration
 from .transcription import Options, Segment, Transcription, clamp
 from .vad import RATE, Chunk
 
@@ -27,15 +27,15 @@ def check_options(caps: Capabilities, options: Options, model: str) -> None:
     """
     supported = ", ".join(sorted(caps.languages or ()))
     if options.language is not None and caps.languages is not None and options.language not in caps.languages:
-        raise APIError(f"Language '{options.language}' is not supported by {model}. Supported: {supported} "
-                       "(or omit it to detect).", 400, param="language", code="unsupported_language")
+        raise Unsupported(f"Language '{options.language}' is not supported by {model}. Supported: {supported} "
+                          "(or omit it to detect).", param="language", code="unsupported_language")
     if options.task == "translate" and not caps.can_translate:
-        raise APIError(f"{_cap(model)} cannot translate; use BACKEND=whisper with a multilingual model.", 400,
-                       param="model", code="translation_unsupported")
+        raise Unsupported(f"{_cap(model)} cannot translate; use BACKEND=whisper with a multilingual model.",
+                          param="model", code="translation_unsupported")
     unknown = [code for code in options.candidates if caps.languages is not None and code not in caps.languages]
     if unknown:
-        raise APIError(f"languages has '{unknown[0]}', which {model} does not support. Supported: {supported}.",
-                       400, param="languages", code="unsupported_language")
+        raise Unsupported(f"languages has '{unknown[0]}', which {model} does not support. Supported: {supported}.",
+                          param="languages", code="unsupported_language")
     refusals = (
         (options.candidates and not caps.can_detect_among, "languages", "unsupported_value",
          "detects among all its languages; send one language (or languages[] with one entry), or leave it out"),
@@ -49,7 +49,7 @@ def check_options(caps: Capabilities, options: Options, model: str) -> None:
     )
     for refused, param, code, why in refusals:
         if refused:
-            raise APIError(f"{_cap(model)} {why}.", 400, param=param, code=code)
+            raise Unsupported(f"{_cap(model)} {why}.", param=param, code=code)
 
 
 def _cap(text: str) -> str:

@@ -294,10 +294,11 @@ def runner_argv() -> list[str] | None:
 
 
 def settings_or_exit() -> Settings:
-    """The settings as create_app reads them; an invalid one prints one line and exits with status 2."""
-    from .cli import load_env
+    """The settings as create_app reads them (the environment over ENV_FILE's dotenv file, default .env);
+    an invalid one prints one line and exits with status 2."""
+    from . import use_env_file
 
-    load_env()
+    use_env_file(os.environ.get("ENV_FILE", ".env"))  # the launcher owns its process: `.env` reaches the hubs too
     try:
         return Settings.load()
     except SettingsError as exc:

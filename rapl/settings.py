@@ -19,7 +19,7 @@ BACKENDS = tuple(SPECS)  # one registry entry per backend (rapl.backends.SPECS)
 DEFAULT_MODELS = {name: spec.default_model for name, spec in SPECS.items()}
 RICH_MODES = ("plain", "emoji", "tags")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-SPEAKER_MODELS = ("resemblyzer", "campplus", "pyannote")  # rapl.speakers.ENCODERS has the same keys
+SPEAKER_MODELS = ("resemblyzer", "campplus", "pyannote")  # rapl.encoders.ENCODERS has the same keys
 # CORS_ORIGINS=local: pages on this machine (file:// and Electron windows send Origin: null).
 LOCAL_ORIGINS = ("null", "http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*",
                  "https://localhost:*", "https://127.0.0.1:*", "https://[::1]:*")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .audio import PAGE, Recording
+from .recording import PAGE, Recording
 from .settings import Settings
 from .transcription import VadOptions
 

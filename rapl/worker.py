@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .backends import Backend, Capabilities, public_name
-from .errors import APIError
+from .errors import APIError, Busy, ClientGone, RaplError, TimedOut, Unavailable
 from .pipeline import check_options
 from .settings import Settings
 from .transcription import Options
@@ -153,7 +153,7 @@ class ModelWorker:
                     self.state = "loading"
                     log.info("trying to load model %s again", self.backend.model)
                 except RuntimeError:  # the executor was shut down: the server is stopping
-                    raise APIError("The server is shutting down.", 503, code="shutting_down") from None
+                    raise _stopping() from None
         assert self.loaded is not None
         self.loaded.result()
         if self.state == "failed":
@@ -168,14 +168,14 @@ class ModelWorker:
         """Requests waiting for the model (not counting the one running)."""
         return self._waiting
 
-    def unavailable(self) -> APIError:
-        """The 503 a request gets while the model failed to load: what failed, the fix, then the detail."""
+    def unavailable(self) -> Unavailable:
+        """What a request gets while the model failed to load: what failed, the fix, then the detail."""
         wait = max(1, math.ceil(self._retry_at - time.monotonic()))
-        return APIError(f"{self.problem} It will be tried again in {wait} s. Detail: {self.error}", 503,
-                        code="model_unavailable", headers={"Retry-After": str(wait)})
+        return Unavailable(f"{self.problem} It will be tried again in {wait} s. Detail: {self.error}",
+                           code="model_unavailable", retry_after=wait)
 
     def submit(self, fn: Callable[[], T], connected: Callable[[], bool] | None = None) -> Future[T]:
-        """Queue ``fn`` for the model thread, or raise 429 when MAX_QUEUE requests already wait."""
+        """Queue ``fn`` for the model thread, or raise Busy when MAX_QUEUE requests already wait."""
         with self._lock:
             self._refuse_when_full()
             self._waiting += 1
@@ -187,18 +187,18 @@ class ModelWorker:
                 return self.executor.submit(self._run, fn, self._tickets, time.monotonic(), connected)
             except RuntimeError:  # the executor was shut down: the server is stopping
                 self._waiting -= 1
-                raise APIError("The server is shutting down.", 503, code="shutting_down") from None
+                raise _stopping() from None
 
     def check_room(self) -> None:
-        """Raise the 429 now if the queue is full, before a request spends time decoding its upload."""
+        """Raise Busy now if the queue is full, before a request spends time decoding its upload."""
         with self._lock:
             self._refuse_when_full()
 
     def _refuse_when_full(self) -> None:
         if self._waiting >= self.settings.MAX_QUEUE:
             self.counters["rejected_busy"] += 1
-            raise APIError(f"The server is busy: {self._waiting} requests are waiting for the model. Retry "
-                           "shortly.", 429, code="server_busy", headers={"Retry-After": "1"})
+            raise Busy(f"The server is busy: {self._waiting} requests are waiting for the model. Retry shortly.",
+                       code="server_busy", retry_after=1)
 
     def withdraw(self, future: Future[Any]) -> bool:
         """Take a queued job back before it starts; False if it is already running or done."""
@@ -219,15 +219,15 @@ class ModelWorker:
         if connected is not None and not connected():
             self.counters["dropped_disconnected"] += 1
             log.info("client went away while queued; skipped")
-            raise APIError("Client disconnected.", 499, code="client_closed_request")
+            raise ClientGone("Client disconnected.", code="client_closed_request")
         if time.monotonic() - queued_at > self.settings.REQUEST_TIMEOUT:
             self.counters["timed_out"] += 1
-            raise APIError(f"The request waited longer than {self.settings.REQUEST_TIMEOUT} s "
-                           "(REQUEST_TIMEOUT) for the model.", 504, code="timeout")
+            raise TimedOut(f"The request waited longer than {self.settings.REQUEST_TIMEOUT} s "
+                           "(REQUEST_TIMEOUT) for the model.", code="timeout")
         self.running = True
         try:
             result = fn()
-        except APIError:
+        except (APIError, RaplError):  # the request's fault, not the model's
             raise
         except Exception:
             self.counters["failed"] += 1
@@ -253,3 +253,7 @@ class ModelWorker:
         """Finish the running job, drop the queued ones, stop the threads."""
         self._stop.set()
         self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _stopping() -> Unavailable:
+    return Unavailable("The server is shutting down; retry shortly.", code="shutting_down")

@@ -8,14 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Server
 from rapl import create_app
 from rapl.settings import Settings, SettingsError
+from support import ROOT
+from support.fake_backend import FakeBackend, say
+from support.server import Server
+from support.speech import tone, wav_bytes
+
+CLIP = wav_bytes(tone(11.0))  # what the fake model hears: "speech 11.0 s"
 
 
 def test_offline_first_start_says_what_failed_then_the_fix(serve, jfk: Path) -> None:  # noqa: ANN001
     """The default model cannot be downloaded: one clear message first, the library's detail last."""
-    from conftest import network_blocked
+    from support.net import network_blocked
 
     with network_blocked() as attempts:
         server: Server = serve({"BACKEND": "whisper", "LOCAL_MODEL": "rapl-test/no-such-model"})
@@ -34,38 +39,40 @@ def test_offline_first_start_says_what_failed_then_the_fix(serve, jfk: Path) -> 
     assert health.json()["error"].startswith("The whisper model rapl-test/no-such-model is not cached here")
 
 
-def test_a_model_that_failed_to_load_is_tried_again_after_its_back_off(serve, whisper_model: str, jfk: Path,  # noqa: ANN001
-                                                                     tmp_path: Path) -> None:
-    import shutil
+def test_a_model_that_failed_to_load_is_tried_again_after_its_back_off(fake_serve, tmp_path: Path) -> None:  # noqa: ANN001
     import time
 
     model = tmp_path / "tiny.en"
     model.mkdir()  # empty for now: the model is not there yet
-    server: Server = serve({"BACKEND": "whisper", "LOCAL_MODEL": str(model), "MODEL_RETRY_SECONDS": "1"})
-    assert server.worker.state == "failed"
+    backend = FakeBackend(str(model), fail_load=OSError(f"Unable to open file 'model.bin' in model '{model}'"))
+    server: Server = fake_serve(backend, MODEL_RETRY_SECONDS="1")
+    assert server.worker.state == "failed" and backend.loads == 1
     with server.http() as http:
-        first = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+        first = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", CLIP)})
         assert first.status_code == 503 and "complete model directory" in first.json()["error"]["message"]
         time.sleep(1.1)
-        second = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+        second = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", CLIP)})
         assert second.status_code == 503 and second.headers["retry-after"] == "2"  # tried again; back-off doubled
-        shutil.copytree(whisper_model, model, dirs_exist_ok=True)  # the model arrives
-        early = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
-        assert early.status_code == 503  # still within the back-off: not tried
+        assert backend.loads == 2
+        backend.fail_load = None  # the model arrives
+        early = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", CLIP)})
+        assert early.status_code == 503 and backend.loads == 2  # still within the back-off: not tried
         time.sleep(2.1)
-        third = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+        third = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", CLIP)})
         health = http.get("/health").json()
-    assert third.status_code == 200 and "country" in third.json()["text"].lower()
+    assert third.status_code == 200 and third.json()["text"] == say(11.0) and backend.loads == 3
     assert health["status"] == "ready" and "error" not in health
 
 
-def test_requests_during_load_wait_for_the_model(serve, whisper_model: str, jfk: Path) -> None:  # noqa: ANN001
-    server: Server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model}, wait=False)
+def test_requests_during_load_wait_for_the_model(fake_serve) -> None:  # noqa: ANN001
+    backend = FakeBackend(load_delay=1.0)
+    server: Server = fake_serve(backend, wait=False)
     with server.http() as http:
         first_health = http.get("/health").json()["status"]
-        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
-    assert first_health in ("loading", "ready")
-    assert resp.status_code == 200 and "country" in resp.json()["text"].lower()
+        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", CLIP)})
+    assert first_health == "loading"
+    assert resp.status_code == 200 and resp.json()["text"] == say(11.0)
+    assert backend.loads == 1 and len(backend.calls) == 1
 
 
 @pytest.mark.parametrize(("name", "value", "hint"), [
@@ -87,6 +94,7 @@ def test_unknown_override_is_rejected() -> None:
         Settings.load({"BAKEND": "whisper"})
 
 
+@pytest.mark.slow  # a subprocess
 def test_invalid_setting_stops_waitress_serve_with_one_line(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "BACKEND": "nope", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "waitress", "--listen=127.0.0.1:0", "wsgi:app"],
@@ -143,14 +151,14 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert command == "python -m pytest" and command in ci_lines
 
 
+@pytest.mark.slow  # `python -m rapl` on the real tiny.en model
 def test_client_text_cannot_forge_a_log_line(whisper_model: str) -> None:
     """A %0d%0a in the path once wrote a whole fake line into the log (seen with API_KEY set)."""
     import signal
     import socket
-    import time
 
-    import httpx2 as httpx
-    from test_cli import environment, free_port
+    from support.net import free_port
+    from support.processes import environment, wait_healthy
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -158,13 +166,7 @@ def test_client_text_cannot_forge_a_log_line(whisper_model: str) -> None:
                                                        API_KEY="sesame", LOG_LEVEL="INFO"))
     forged = "2026-01-01 00:00:00,000 INFO rapl.api: request id=forged task=transcribe status=200"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_healthy(proc, f"http://127.0.0.1:{port}")
         path = "/v1/models%0d%0a" + forged.replace(" ", "%20")
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
@@ -176,3 +178,24 @@ def test_client_text_cannot_forge_a_log_line(whisper_model: str) -> None:
     lines = err.splitlines()
     assert not any(line.startswith(forged[:30]) for line in lines), err
     assert any("rejected a request to" in line and "request id=forged" in line for line in lines), err
+
+
+def test_create_app_leaves_the_environment_alone_and_entry_points_share_env(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from rapl import use_env_file
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("BACKEND=whisper\nRAPL_TEST_HUB_HOME=/models\n")
+    monkeypatch.delenv("RAPL_TEST_HUB_HOME", raising=False)
+    app = create_app({"ENV_FILE": str(env_file)})
+    assert app.config["RAPL_SETTINGS"].BACKEND == "whisper"
+    assert "RAPL_TEST_HUB_HOME" not in os.environ and "BACKEND" not in os.environ  # create_app changed nothing
+    hub_file = tmp_path / "hub.env"
+    hub_file.write_text("RAPL_TEST_HUB_HOME=/models\nRAPL_TEST_SET=from-file\n")
+    monkeypatch.setenv("RAPL_TEST_SET", "from-process")
+    monkeypatch.setenv("RAPL_TEST_HUB_HOME", "placeholder")
+    monkeypatch.delenv("RAPL_TEST_HUB_HOME")  # restored (absent) when the test ends
+    use_env_file(str(hub_file))  # what `python -m rapl` and waitress-serve do: hub variables reach the libraries
+    assert os.environ["RAPL_TEST_HUB_HOME"] == "/models" and os.environ["RAPL_TEST_SET"] == "from-process"

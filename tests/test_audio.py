@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import ffmpeg, wav_bytes
 from rapl import audio
-from rapl.errors import APIError
+from rapl.errors import RaplError, status_of
+from rapl.ffmpeg import FORMATS, decode_cli, decode_pyav
+from rapl.recording import PAGE, SAMPLE_RATE, Dense, Recording, duration
+from support.speech import ffmpeg, wav_bytes
 
 
 def _tone(seconds: float = 1.0, rate: int = 44100, channels: int = 2) -> np.ndarray:
@@ -30,7 +32,7 @@ def _tone(seconds: float = 1.0, rate: int = 44100, channels: int = 2) -> np.ndar
 def test_every_container_decodes_to_16k_mono(jfk_variants: dict[str, Path], container: str) -> None:
     pcm = audio.decode(jfk_variants[container].read_bytes())
     assert pcm.dtype == np.float32 and pcm.ndim == 1
-    assert abs(audio.duration(pcm) - 11.0) < 0.1
+    assert abs(duration(pcm) - 11.0) < 0.1
     assert 0.05 < float(np.abs(pcm).max()) < 1.5  # lossy codecs overshoot a little
 
 
@@ -51,9 +53,9 @@ def test_file_objects_are_accepted() -> None:
 
 @pytest.mark.parametrize("data", [b"", b"hello world, this is text not audio\n" * 20, bytes(range(256)) * 40])
 def test_garbage_is_a_400_naming_file(data: bytes) -> None:
-    with pytest.raises(APIError) as info:
+    with pytest.raises(RaplError) as info:
         audio.decode(data)
-    assert info.value.status == 400 and info.value.param == "file"
+    assert status_of(info.value) == 400 and info.value.param == "file"
 
 
 def test_wav_header_promising_more_than_it_has_decodes_what_is_there() -> None:
@@ -62,20 +64,20 @@ def test_wav_header_promising_more_than_it_has_decodes_what_is_there() -> None:
     data = bytearray(buf.getvalue())
     struct.pack_into("<I", data, 40, 10_000_000)  # data chunk claims 10 MB
     pcm = audio.decode(bytes(data))
-    assert abs(audio.duration(pcm) - 1.0) < 0.05
+    assert abs(duration(pcm) - 1.0) < 0.05
 
 
 def test_truncated_mp3_decodes_its_first_part(jfk_variants: dict[str, Path]) -> None:
     data = jfk_variants["mp3"].read_bytes()
     pcm = audio.decode(data[: len(data) // 2])
-    assert 4.0 < audio.duration(pcm) < 7.0
+    assert 4.0 < duration(pcm) < 7.0
 
 
 def test_too_long_is_a_413(jfk_variants: dict[str, Path]) -> None:
     for key in ("wav16", "mp3"):
-        with pytest.raises(APIError) as info:
+        with pytest.raises(RaplError) as info:
             audio.decode(jfk_variants[key].read_bytes(), max_seconds=5)
-        assert info.value.status == 413 and info.value.code == "audio_too_long"
+        assert status_of(info.value) == 413 and info.value.code == "audio_too_long"
 
 
 def test_ffmpeg_cli_fallback_is_used_when_pyav_cannot(monkeypatch: pytest.MonkeyPatch,
@@ -84,7 +86,7 @@ def test_ffmpeg_cli_fallback_is_used_when_pyav_cannot(monkeypatch: pytest.Monkey
         pytest.skip("ffmpeg is not installed")
     monkeypatch.setitem(sys.modules, "av", None)  # PyAV not importable: the CLI decodes
     pcm = audio.decode(jfk_variants["ogg"].read_bytes())
-    assert abs(audio.duration(pcm) - 11.0) < 0.1
+    assert abs(duration(pcm) - 11.0) < 0.1
 
 
 @pytest.mark.parametrize("container", ["ogg", "mp3", "webm", "flac"])  # not MP4 with its index at the end: a pipe
@@ -93,14 +95,14 @@ def test_ffmpeg_cli_decodes_real_files_through_pipes(jfk_variants: dict[str, Pat
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg is not installed")
     data = jfk_variants[container].read_bytes()
-    sink = audio._Dense(float("inf"))
-    assert audio._decode_ffmpeg_cli(io.BytesIO(data), sink, len(data))
+    sink = Dense(float("inf"))
+    assert decode_cli(io.BytesIO(data), sink, len(data))
     cli = sink.result()
-    assert abs(audio.duration(cli) - 11.0) < 0.1
+    assert abs(duration(cli) - 11.0) < 0.1
     assert 0.05 < float(np.abs(cli).max()) < 1.5
-    with pytest.raises(APIError) as info:  # the limit holds on the CLI path too
-        audio._decode_ffmpeg_cli(io.BytesIO(data), audio._Dense(5), len(data))
-    assert info.value.status == 413
+    with pytest.raises(RaplError) as info:  # the limit holds on the CLI path too
+        decode_cli(io.BytesIO(data), Dense(5), len(data))
+    assert status_of(info.value) == 413
 
 
 def _canary_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,8 +129,8 @@ def test_decoders_read_the_upload_and_nothing_else(tmp_path: Path, monkeypatch: 
         pytest.skip("ffmpeg is not installed")
     _canary_dir(tmp_path, monkeypatch)
     data = PLAYLISTS[case]
-    sink = audio._Dense(float("inf"))
-    decode = audio._decode_pyav if decoder == "pyav" else audio._decode_ffmpeg_cli
+    sink = Dense(float("inf"))
+    decode = decode_pyav if decoder == "pyav" else decode_cli
     started = time.perf_counter()
     assert not decode(io.BytesIO(data), sink, len(data))
     assert len(sink) == 0 and time.perf_counter() - started < 5
@@ -138,8 +140,8 @@ def test_allowed_formats_are_ffmpeg_demuxers() -> None:
     import av
 
     names = {part for name in av.formats_available for part in name.split(",")}
-    assert set(audio.FORMATS) <= names
-    assert not {"concat", "hls", "dash", "sdp", "rtp", "rtsp", "image2", "lavfi"} & set(audio.FORMATS)
+    assert set(FORMATS) <= names
+    assert not {"concat", "hls", "dash", "sdp", "rtp", "rtsp", "image2", "lavfi"} & set(FORMATS)
 
 
 def _lavfi(dst: Path, source: str, *args: str) -> Path:
@@ -156,18 +158,19 @@ def test_flac_from_a_pipe_is_not_endless(jfk: Path) -> None:
         pytest.skip("ffmpeg is not installed")
     piped = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(jfk), "-f", "flac", "pipe:1"],
                            capture_output=True, check=True, timeout=60).stdout
-    assert abs(audio.duration(audio.decode(piped, max_seconds=14400)) - 11.0) < 0.1
+    assert abs(duration(audio.decode(piped, max_seconds=14400)) - 11.0) < 0.1
 
 
 def test_one_sample_packets_exceed_the_decode_budget_quickly(tmp_path: Path) -> None:
     mkv = _lavfi(tmp_path / "tiny.mkv", "sine=f=440:r=8000:d=20", "-af", "asetnsamples=n=1", "-c:a", "pcm_s16le")
     started = time.perf_counter()
-    with pytest.raises(APIError) as info:
+    with pytest.raises(RaplError) as info:
         audio.decode(mkv.read_bytes())
-    assert info.value.status == 400 and info.value.code == "decode_budget_exceeded" and info.value.param == "file"
+    assert status_of(info.value) == 400 and info.value.code == "decode_budget_exceeded" and info.value.param == "file"
     assert time.perf_counter() - started < 3
 
 
+@pytest.mark.slow  # ffmpeg encodes, and the decoder reads, up to 10 minutes of audio per case
 @pytest.mark.parametrize("source, args", [
     ("anoisesrc=d=120:a=0.1:r=48000", ["-c:a", "libopus", "-frame_duration", "2.5", "-b:a", "96k"]),  # 400 packets/s
     ("anullsrc=r=48000:cl=mono:d=600", ["-c:a", "libopus", "-frame_duration", "10", "-b:a", "6k"]),  # 3-byte packets
@@ -182,7 +185,7 @@ def test_real_codecs_stay_within_the_budget(tmp_path: Path, source: str, args: l
         pytest.skip("this ffmpeg has no AMR encoder")
     clip = _lavfi(tmp_path / "clip.bin", source, *args, *([] if "-f" in args else ["-f", "ogg"]))
     seconds = 600 if "anullsrc" in source else 120
-    assert abs(audio.duration(audio.decode(clip.read_bytes())) - seconds) < 0.2
+    assert abs(duration(audio.decode(clip.read_bytes())) - seconds) < 0.2
 
 
 def test_a_bomb_stops_at_the_limit_holding_only_what_was_decoded(tmp_path: Path) -> None:
@@ -192,12 +195,12 @@ def test_a_bomb_stops_at_the_limit_holding_only_what_was_decoded(tmp_path: Path)
                   "-frame_size", "65535")
     tracemalloc.start()
     try:
-        with pytest.raises(APIError) as info:
+        with pytest.raises(RaplError) as info:
             audio.decode_recording(bomb.read_bytes(), max_seconds=1800)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert info.value.status == 413
+    assert status_of(info.value) == 413
     assert peak < 20e6, f"{peak / 1e6:.0f} MB for a refused bomb"  # 30 minutes of float32 would be 115 MB
 
 
@@ -215,7 +218,7 @@ def test_dense_decode_is_sized_by_what_was_decoded(tmp_path: Path) -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert abs(audio.duration(pcm) - 2.0) < 0.05
+    assert abs(duration(pcm) - 2.0) < 0.05
     assert peak < 20e6
 
 
@@ -223,19 +226,19 @@ def test_recording_reads_like_the_dense_array(jfk_variants: dict[str, Path]) -> 
     for key in ("wav16", "mp3"):
         data = jfk_variants[key].read_bytes()
         dense = audio.decode(data)
-        silence = np.zeros(3 * audio.PAGE + 123, dtype=np.float32)
-        recording = audio.Recording()
+        silence = np.zeros(3 * PAGE + 123, dtype=np.float32)
+        recording = Recording()
         for part in (dense, silence, dense):
             recording.write(part)
         recording.close()
         whole = np.concatenate([dense, silence, dense])
         assert len(recording) == len(whole) and recording.shape == whole.shape
         assert np.array_equal(np.asarray(recording), whole)
-        for start, stop in ((0, 10), (100, audio.PAGE + 7), (len(dense) - 5, len(dense) + audio.PAGE * 2),
+        for start, stop in ((0, 10), (100, PAGE + 7), (len(dense) - 5, len(dense) + PAGE * 2),
                             (len(whole) - 300, len(whole)), (5, 5)):
             assert np.array_equal(recording[start:stop], whole[start:stop])
         assert recording[-1] == whole[-1] and recording.peak == float(np.abs(whole).max())
-        assert recording.pages[len(dense) // audio.PAGE + 1] is None  # silence holds no samples
+        assert recording.pages[len(dense) // PAGE + 1] is None  # silence holds no samples
         if key == "wav16":  # 16-bit samples are kept as 16-bit: half the memory, bit-exact
             assert recording.stored_bytes() < 0.6 * whole.nbytes
 
@@ -248,12 +251,12 @@ def test_a_clip_shorter_than_a_page_has_its_peak(jfk_variants: dict[str, Path]) 
 
 
 def test_silence_is_not_stored() -> None:
-    recording = audio.Recording(max_seconds=7200)
-    quiet = np.full(audio.SAMPLE_RATE * 60, 1e-4, dtype=np.float32)
+    recording = Recording(max_seconds=7200)
+    quiet = np.full(SAMPLE_RATE * 60, 1e-4, dtype=np.float32)
     for _ in range(60):
         recording.write(quiet)
     recording.close()
-    assert audio.duration(recording) == 3600 and recording.stored_bytes() < 1e6
+    assert duration(recording) == 3600 and recording.stored_bytes() < 1e6
     assert float(np.abs(recording[123456:223456]).max()) == 0.0  # -80 dBFS reads back as digital silence
 
 
@@ -265,14 +268,14 @@ def test_video_without_audio_is_a_400(tmp_path: Path) -> None:
 
     subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "color=c=red:s=32x32:d=1",
                     "-c:v", "libx264", "-pix_fmt", "yuv420p", str(src)], check=True)
-    with pytest.raises(APIError) as info:
+    with pytest.raises(RaplError) as info:
         audio.decode(src.read_bytes())
-    assert info.value.status == 400
+    assert status_of(info.value) == 400
 
 
 def test_opus_in_ogg_named_nothing(tmp_path: Path, jfk: Path) -> None:
     out = ffmpeg(jfk, tmp_path / "x.opus", "-c:a", "libopus", "-b:a", "24k")
-    assert abs(audio.duration(audio.decode(out.read_bytes())) - 11.0) < 0.1
+    assert abs(duration(audio.decode(out.read_bytes())) - 11.0) < 0.1
 
 
 @pytest.mark.parametrize("codec", ["pcm_s16le", "pcm_s32le", "pcm_f64le", "pcm_u8", "pcm_f32le"])

@@ -8,31 +8,25 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
-from conftest import JFK_TEXT, ROOT, ffmpeg, wer
-from rapl.settings import SPEC
+from support import ROOT
+from support.caches import fake_hf_repo
+from support.net import free_port
+from support.processes import environment, wait_healthy
+from support.server import wait_until
+from support.speech import JFK_TEXT, ffmpeg, wer
+
+pytestmark = pytest.mark.slow  # `python -m rapl` subprocesses, most on the real tiny.en model
 
 
 def rapl(*args: str, timeout: float = 300, **settings: str) -> subprocess.CompletedProcess[str]:
     """Run `python -m rapl *args` from the repository with only ``settings`` (no .env file)."""
     return subprocess.run([sys.executable, "-m", "rapl", *args], cwd=ROOT, env=environment(**settings),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def environment(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SPEC}  # no RAPL setting leaks in from outside
-    return {**env, "ENV_FILE": "", "PROGRESS": "false", "PYTHONPATH": str(ROOT), **settings}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +98,7 @@ def test_transcribe_goes_on_after_a_bad_file_and_exits_1(clips: dict[str, Path],
     proc = rapl("transcribe", str(broken), str(missing), str(clips["flac"]), "--format", "text",
                 "--output", str(tmp_path / "out"), BACKEND="whisper", LOCAL_MODEL=whisper_model)
     assert proc.returncode == 1
-    assert f"rapl: {broken}: failed: The file could not be decoded as audio" in proc.stderr
+    assert f"rapl: {broken}: failed: The uploaded file could not be decoded as audio" in proc.stderr  # its own words
     assert f"rapl: {missing}: failed: No such file or directory" in proc.stderr
     assert "transcribed 1 of 3 files; 2 failed" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -134,17 +128,7 @@ def test_no_subcommand_serves_on_host_port(whisper_model: str, jfk: Path) -> Non
                             stderr=subprocess.PIPE, text=True,
                             env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port)))
     try:
-        deadline = time.monotonic() + 120
-        status = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                status = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code
-            except httpx.TransportError:
-                status = None
-            if status == 200:
-                break
-            time.sleep(0.2)
-        assert status == 200, proc.stderr.read() if proc.poll() is not None else "no answer"
+        wait_healthy(proc, f"http://127.0.0.1:{port}")
         resp = httpx.post(f"http://127.0.0.1:{port}/v1/audio/transcriptions", timeout=120,
                           files={"file": ("a.flac", jfk.read_bytes())})
         assert resp.status_code == 200 and "country" in resp.json()["text"].lower()
@@ -202,29 +186,12 @@ def test_check_reports_an_invalid_setting() -> None:
     assert "ok    decoder:" in proc.stdout  # the checks that need no settings still run
 
 
-def _fake_hf_repo(cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
-    """A model laid out as huggingface_hub caches it: blobs, refs/main, snapshots/<rev> links."""
-    import hashlib
-
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    revision = hashlib.sha1(repo_id.encode()).hexdigest()
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-    (repo / "blobs").mkdir()
-    snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    for name, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
-
-
 def test_models_lists_both_caches_per_backend_and_marks_the_configured(tmp_path: Path) -> None:
     hf = tmp_path / "hf"
-    _fake_hf_repo(hf, "Systran/faster-whisper-tiny.en", {"model.bin": b"\0" * 2_000_000, "config.json": b"{}",
-                                                         "vocabulary.txt": b"a\nb\n"})
-    _fake_hf_repo(hf, "mlx-community/whisper-tiny-mlx", {"weights.npz": b"\0" * 3000, "config.json": b"{}"})
-    _fake_hf_repo(hf, "bert-base-uncased", {"config.json": b"{}"})
+    fake_hf_repo(hf, "Systran/faster-whisper-tiny.en", {"model.bin": b"\0" * 2_000_000, "config.json": b"{}",
+                                                        "vocabulary.txt": b"a\nb\n"})
+    fake_hf_repo(hf, "mlx-community/whisper-tiny-mlx", {"weights.npz": b"\0" * 3000, "config.json": b"{}"})
+    fake_hf_repo(hf, "bert-base-uncased", {"config.json": b"{}"})
     ms = tmp_path / "modelscope"
     classic = ms / "hub" / "iic" / "SenseVoiceSmall"  # the classic SDK layout
     classic.mkdir(parents=True)
@@ -268,7 +235,7 @@ def test_models_runs_on_empty_caches_and_names_the_default(tmp_path: Path) -> No
 def test_signal_stops_after_the_running_job_and_answers_it(signum: int, whisper_model: str, spoken_sentences) -> None:
     import threading
 
-    from conftest import build_recording, wav_bytes
+    from support.speech import build_recording, wav_bytes
 
     long_clip = wav_bytes(build_recording(spoken_sentences * 3, [0.5] * 18)[0])
     port = free_port()
@@ -277,19 +244,13 @@ def test_signal_stops_after_the_running_job_and_answers_it(signum: int, whisper_
                             env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port)))
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_healthy(proc, base)
         answers: list[httpx.Response] = []
         client = threading.Thread(target=lambda: answers.append(httpx.post(
             f"{base}/v1/audio/transcriptions", files={"file": ("long.wav", long_clip)}, timeout=120)))
         client.start()
-        while not httpx.get(f"{base}/health", timeout=5).json()["busy"]:
-            time.sleep(0.05)
+        wait_until(lambda: httpx.get(f"{base}/health", timeout=5).json()["busy"], timeout=60,
+                   what="the model to start on the long clip", interval=0.05)
         proc.send_signal(signum)
         client.join(timeout=120)
         assert proc.wait(timeout=60) == 0

@@ -29,7 +29,11 @@ import openai
 import pytest
 from flask import request, request_finished
 
-from conftest import JFK_TEXT, ROOT, Server, ffmpeg, wer
+from support import ROOT
+from support.server import Server
+from support.speech import JFK_TEXT, ffmpeg, wer
+
+pytestmark = pytest.mark.slow  # real clients (Node, LiteLLM, Chromium) on the real tiny.en model
 
 CLIENTS_DIR = ROOT / "tests" / "clients"
 NODE_DIR = CLIENTS_DIR / "node"

@@ -16,6 +16,7 @@ from flask import Flask
 from rapl import cors, create_app, errors
 from rapl.errors import APIError
 from rapl.settings import LOCAL_ORIGINS, Settings, SettingsError
+from support.fake_backend import FakeBackend
 
 KEY = "sk-cors-test-key"
 API_PATHS = [f"{prefix}{path}" for prefix in ("/v1", "", "/v1/v1")
@@ -31,18 +32,17 @@ FOREIGN = ["https://evil.example", "http://localhost.evil.example:3000", "http:/
            "chrome-extension://abcdefghijklmnop", ""]
 
 
-def _app(whisper_model: str, **settings: str) -> Flask:
-    return create_app({"ENV_FILE": "", "BACKEND": "whisper", "LOCAL_MODEL": whisper_model,
-                       "PROGRESS": "false", **settings})
+def _app(**settings: str) -> Flask:
+    return create_app({"ENV_FILE": "", "PROGRESS": "false", **settings}, backend=FakeBackend())
 
 
 @pytest.fixture(scope="module")
-def apps(whisper_model: str) -> Iterator[dict[str, Flask]]:
-    """Apps on the real tiny.en model: default CORS with a key and a 1 MB upload limit, *, none, narrowed."""
-    built = {"local": _app(whisper_model, API_KEY=KEY, MAX_UPLOAD_MB="1"),
-             "any": _app(whisper_model, CORS_ORIGINS="*"),
-             "none": _app(whisper_model, CORS_ORIGINS="none"),
-             "narrow": _app(whisper_model, CORS_ORIGINS="http://localhost:*, https://app.example")}
+def apps() -> Iterator[dict[str, Flask]]:
+    """Apps on a FakeBackend: default CORS with a key and a 1 MB upload limit, *, none, narrowed."""
+    built = {"local": _app(API_KEY=KEY, MAX_UPLOAD_MB="1"),
+             "any": _app(CORS_ORIGINS="*"),
+             "none": _app(CORS_ORIGINS="none"),
+             "narrow": _app(CORS_ORIGINS="http://localhost:*, https://app.example")}
     yield built
     for app in built.values():
         app.extensions["rapl"].shutdown()

@@ -1,5 +1,5 @@
-"""deploy/: the nginx load balancer for real (two RAPL instances, one stopped mid-way), and
-the service files parsed or verified by the tools that read them."""
+"""deploy/: the nginx load balancer for real (two RAPL servers on FakeBackends, one stopped mid-way),
+and the service files parsed or verified by the tools that read them."""
 
 from __future__ import annotations
 
@@ -19,16 +19,14 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from conftest import ROOT, Server, ffmpeg
+from support import ROOT
+from support.fake_backend import FakeBackend, say
+from support.net import free_port
+from support.server import Server
+from support.speech import tone, wav_bytes
 
 DEPLOY = ROOT / "deploy"
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/local/sbin"])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def nginx_binary() -> str:
@@ -111,18 +109,11 @@ def stop(server: Server) -> None:
     server.close()
 
 
-@pytest.fixture(scope="module")
-def clip(jfk: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """The first 4 s of en_jfk.flac as 16 kHz mono WAV: short, so ten requests stay quick."""
-    out = tmp_path_factory.mktemp("lb") / "clip.wav"
-    return ffmpeg(jfk, out, "-t", "4", "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le").read_bytes()
-
-
-def test_nginx_balances_two_instances_and_skips_a_stopped_one(serve: Callable[..., Server], whisper_model: str,
-                                                             nginx_run: Callable[[str], str], clip: bytes) -> None:
+def test_nginx_balances_two_instances_and_skips_a_stopped_one(fake_serve, nginx_run: Callable[[str], str]) -> None:  # noqa: ANN001
     nginx_binary()
-    first = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model})
-    second = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model})
+    clip = wav_bytes(tone(4.0))
+    first = fake_serve(FakeBackend())
+    second = fake_serve(FakeBackend())
     assert first.worker.state == second.worker.state == "ready"
     site = (DEPLOY / "nginx" / "rapl-lb.conf").read_text()
     assert "server 127.0.0.1:8001 " in site and "server 127.0.0.1:8002 " in site
@@ -134,29 +125,27 @@ def test_nginx_balances_two_instances_and_skips_a_stopped_one(serve: Callable[..
         return http.post("/v1/audio/transcriptions", files={"file": ("clip.wav", clip)},
                          data={"response_format": "json"})
 
-    before = (first.worker.counters["completed"], second.worker.counters["completed"])
     with httpx.Client(base_url=url, timeout=120) as http:
         answers = [transcribe(http) for _ in range(10)]
         assert [r.status_code for r in answers] == [200] * 10, [r.text for r in answers]
-        assert all("americans" in r.json()["text"].lower() for r in answers)
-        served = (first.worker.counters["completed"] - before[0], second.worker.counters["completed"] - before[1])
+        assert all(r.json()["text"] == say(4.0) for r in answers)
+        served = (len(first.backend.calls), len(second.backend.calls))
         assert sum(served) == 10 and min(served) >= 2, served  # both instances took their share
 
         stop(first)  # one instance goes away: nginx must pass its requests to the other
-        still = second.worker.counters["completed"]
+        still = len(second.backend.calls)
         after = [transcribe(http) for _ in range(6)]
         assert [r.status_code for r in after] == [200] * 6, [r.text for r in after]
-        assert second.worker.counters["completed"] - still == 6
+        assert len(second.backend.calls) - still == 6
         health = http.get("/health")
         assert health.status_code == 200 and health.json()["status"] == "ready"
 
 
-def test_nginx_skips_an_instance_that_answers_503(serve: Callable[..., Server], whisper_model: str,
-                                                  nginx_run: Callable[[str], str]) -> None:
+def test_nginx_skips_an_instance_that_answers_503(fake_serve, nginx_run: Callable[[str], str]) -> None:  # noqa: ANN001
     """An instance whose model is not ready answers 503; nginx passes the request on."""
     nginx_binary()
-    broken = serve({"BACKEND": "whisper", "LOCAL_MODEL": "rapl-test/no-such-model"})  # fails to load: 503
-    good = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model})
+    broken = fake_serve(FakeBackend("rapl-test/no-such-model", fail_load=OSError("Connection failed")))
+    good = fake_serve(FakeBackend())
     assert broken.worker.state == "failed" and good.worker.state == "ready"
     site = (DEPLOY / "nginx" / "rapl-lb.conf").read_text()
     site = site.replace("127.0.0.1:8001", broken.url.removeprefix("http://"))
@@ -165,6 +154,8 @@ def test_nginx_skips_an_instance_that_answers_503(serve: Callable[..., Server], 
     with httpx.Client(base_url=url, timeout=60) as http:
         statuses = [http.get("/health").status_code for _ in range(6)]
     assert statuses == [200] * 6
+    with broken.http() as http:
+        assert http.get("/health").status_code == 503  # it was asked, and passed over
 
 
 def test_tls_snippet_passes_nginx_t(tmp_path: Path) -> None:

@@ -23,7 +23,10 @@ import numpy as np
 import psutil
 import pytest
 
-from conftest import Server, espeak, wav_bytes
+from support.server import Server
+from support.speech import espeak, wav_bytes
+
+pytestmark = pytest.mark.slow  # the real tiny.en model, hours-long decompression bombs, memory measurements
 
 CANARY = "pineapple"  # the word only the file in the server's working directory says
 ENDPOINT = "/v1/audio/transcriptions"

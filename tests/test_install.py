@@ -15,7 +15,11 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from conftest import JFK_TEXT, ROOT, wer
+from support import ROOT
+from support.net import free_port
+from support.speech import JFK_TEXT, wer
+
+pytestmark = pytest.mark.slow  # a fresh virtual environment, pip installs and a real model
 
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
@@ -65,7 +69,7 @@ def test_readme_quick_start_in_a_fresh_virtual_environment(tmp_path: Path, whisp
     (tmp_path / "bin" / "python3").symlink_to(SYSTEM_PYTHON)  # `python3` is the system's, as on a fresh machine
     constraints = tmp_path / "torch-cpu.txt"
     constraints.write_text("torch==2.13.0\n")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
     env.update(PATH=f"{tmp_path / 'bin'}{os.pathsep}{env['PATH']}", PIP_CONSTRAINT=str(constraints),
                PIP_DISABLE_PIP_VERSION_CHECK="1", BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port),
@@ -89,14 +93,6 @@ def test_readme_quick_start_in_a_fresh_virtual_environment(tmp_path: Path, whisp
     size = sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink())
     print(f"quick start: installed and serving in {installed:.0f} s; .venv {size / 2**20:.0f} MiB")
     assert "RAPL serving whisper model" in output
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for_health(port: int, proc: subprocess.Popen[str], deadline: float) -> int | None:

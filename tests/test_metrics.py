@@ -1,19 +1,17 @@
-"""Prometheus metrics: the Metrics class, GET /metrics, and a real app's requests counted."""
+"""Prometheus metrics: the Metrics class, GET /metrics, and a real app's requests counted (on a FakeBackend)."""
 
 from __future__ import annotations
 
-import inspect
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from flask import Flask
 
-from conftest import Server
 from rapl import create_app
 from rapl.metrics import Metrics, metrics_of, register
+from support.fake_backend import FakeBackend, say
+from support.server import Server, wait_until
+from support.speech import tone, wav_bytes
 
 parser = pytest.importorskip("prometheus_client.parser", reason="pip install prometheus-client")
 
@@ -31,19 +29,7 @@ def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def with_metrics(app: Flask) -> Metrics:
-    """The app's Metrics; registered here as the owner is told to, unless create_app already does."""
-    if "rapl.metrics" not in app.extensions:
-        worker = app.extensions["rapl"]
-        register(app, Metrics(queue_depth=lambda: worker.queue_depth,
-                              model_loaded=lambda: worker.state == "ready"))
-    return app.extensions["rapl.metrics"]
-
-
-def api_reports_audio() -> bool:
-    import rapl.api
-
-    return "audio_processed" in inspect.getsource(rapl.api)
+CLIP = wav_bytes(tone(11.0))
 
 
 # --------------------------------------------------------------------------- the class itself
@@ -127,31 +113,22 @@ def test_endpoint_counts_every_request_by_rule_and_status() -> None:
 
 
 @pytest.fixture(scope="module")
-def metrics_server(whisper_model: str) -> Iterator[Server]:
-    """A real waitress server on tiny.en with metrics registered before its first request."""
-    app = create_app({"ENV_FILE": "", "PROGRESS": "false", "BACKEND": "whisper", "LOCAL_MODEL": whisper_model})
-    with_metrics(app)
+def metrics_server() -> Iterator[Server]:
+    """A real waitress server on a FakeBackend (0.22 s per 11 s clip); create_app registers the metrics."""
+    app = create_app({"ENV_FILE": "", "PROGRESS": "false", "VAD": "false"}, backend=FakeBackend(delay=0.02))
+    assert isinstance(metrics_of(app), Metrics)
     server = Server(app)
     assert server.wait_loaded() == "ready", server.worker.error
     yield server
     server.close()
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
-
-
-def test_rapl_app_metrics_move_with_requests(metrics_server: Server, jfk: Path) -> None:
+def test_rapl_app_metrics_move_with_requests(metrics_server: Server) -> None:
     with metrics_server.http() as http:
         before = scrape(http.get("/metrics").text)
         assert http.get("/health").status_code == 200
-        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
-        assert resp.status_code == 200 and "country" in resp.json()["text"].lower()
+        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", CLIP)})
+        assert resp.status_code == 200 and resp.json()["text"] == say(11.0)
         assert http.post("/v1/audio/transcriptions", files={"file": ("a.txt", b"not audio")}).status_code == 400
         assert http.get("/v1/nowhere").status_code == 404
         after = scrape(http.get("/metrics").text)
@@ -169,23 +146,26 @@ def test_rapl_app_metrics_move_with_requests(metrics_server: Server, jfk: Path) 
     assert value(after, "rapl_queue_depth") == 0
 
 
-def test_transcribed_audio_seconds_are_counted(metrics_server: Server, jfk: Path) -> None:
-    if not api_reports_audio():
-        pytest.skip("rapl.api does not call metrics_of(current_app).audio_processed(...) yet")
+def test_transcribed_audio_seconds_are_counted(metrics_server: Server) -> None:
+    """rapl.api reports each transcription's audio (metrics_of(current_app).audio_processed); a 400 adds none."""
     with metrics_server.http() as http:
         before = value(scrape(http.get("/metrics").text), "rapl_audio_seconds_total")
-        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", CLIP)})
         assert resp.status_code == 200
         assert http.post("/v1/audio/transcriptions", files={"file": ("a.txt", b"not audio")}).status_code == 400
+        middle = value(scrape(http.get("/metrics").text), "rapl_audio_seconds_total")
+        short = http.post("/v1/audio/translations", files={"file": ("b.wav", wav_bytes(tone(2.5)))})
+        assert short.status_code == 200
         after = value(scrape(http.get("/metrics").text), "rapl_audio_seconds_total")
-    assert after - before == pytest.approx(11.0, abs=0.1)
+    assert middle - before == pytest.approx(11.0, abs=0.01)
+    assert after - middle == pytest.approx(2.5, abs=0.01)
 
 
-def test_streamed_transcription_is_timed_to_its_end(metrics_server: Server, jfk: Path) -> None:
+def test_streamed_transcription_is_timed_to_its_end(metrics_server: Server) -> None:
     with metrics_server.http() as http:
         before = scrape(http.get("/metrics").text)
         with http.stream("POST", "/v1/audio/transcriptions", data={"stream": "true"},
-                         files={"file": ("a.flac", jfk.read_bytes())}) as resp:
+                         files={"file": ("a.wav", CLIP)}) as resp:
             assert resp.status_code == 200
             events = [line for line in resp.iter_lines() if line.startswith("data: ")]
         assert '"transcript.text.done"' in events[-1]
@@ -196,21 +176,17 @@ def test_streamed_transcription_is_timed_to_its_end(metrics_server: Server, jfk:
             return samples if done > value(before, "rapl_request_duration_seconds_count",
                                            endpoint="/v1/audio/transcriptions") else {}
 
-        after = wait_for(counted)
-    assert after, "the streamed request was never recorded"
+        after = wait_until(counted, timeout=5, what="the streamed request to be recorded", interval=0.05)
     seconds = value(after, "rapl_request_duration_seconds_sum", endpoint="/v1/audio/transcriptions") - \
         value(before, "rapl_request_duration_seconds_sum", endpoint="/v1/audio/transcriptions")
     assert seconds > 0.1  # the whole transcription, not just the response headers
-    if api_reports_audio():
-        assert value(after, "rapl_audio_seconds_total") - value(before, "rapl_audio_seconds_total") \
-            == pytest.approx(11.0, abs=0.1)
+    assert value(after, "rapl_audio_seconds_total") - value(before, "rapl_audio_seconds_total") \
+        == pytest.approx(11.0, abs=0.01)
 
 
-def test_metrics_need_the_api_key_when_one_is_set(whisper_model: str) -> None:
-    app = create_app({"ENV_FILE": "", "PROGRESS": "false", "BACKEND": "whisper", "LOCAL_MODEL": whisper_model,
-                      "API_KEY": "s3cret"})
+def test_metrics_need_the_api_key_when_one_is_set() -> None:
+    app = create_app({"ENV_FILE": "", "PROGRESS": "false", "API_KEY": "s3cret"}, backend=FakeBackend())
     try:
-        with_metrics(app)
         client = app.test_client()
         denied = client.get("/metrics")
         assert denied.status_code == 401 and denied.get_json()["error"]["code"] == "invalid_api_key"

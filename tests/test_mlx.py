@@ -22,10 +22,12 @@ import numpy as np
 import openai
 import pytest
 
-from conftest import GenerateSpy, Server, mlx_missing, wav_bytes
-from rapl.errors import APIError
+from rapl.errors import RaplError, status_of
 from rapl.settings import Settings, SettingsError
 from rapl.transcription import Options, Segment, Transcription
+from support.models import GenerateSpy, mlx_missing
+from support.server import Server
+from support.speech import wav_bytes
 
 MLX_MISSING = mlx_missing()
 if MLX_MISSING:
@@ -33,7 +35,8 @@ if MLX_MISSING:
 
 from rapl.backends.mlx import MLXBackend, _segments, token_limit  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("offline")  # no connection beyond loopback, in any test here
+# mlx-audio's real loading and inference on tiny models; no connection beyond loopback, in any test here
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("offline")]
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_ID = "rapl-test/tiny-qwen3-asr"
@@ -132,10 +135,10 @@ def test_generation_limit_stops_a_model_that_never_ends(mlx_qwen3: MLXBackend, m
 
 
 def test_unsupported_language_is_a_400_listing_codes(mlx_qwen3: MLXBackend, speech_pcm: np.ndarray) -> None:
-    with pytest.raises(APIError) as info:
+    with pytest.raises(RaplError) as info:
         run(mlx_qwen3, speech_pcm, Options(language="sw"))[0]
     error = info.value
-    assert (error.status, error.param, error.code) == (400, "language", "unsupported_language")
+    assert (status_of(error), error.param, error.code) == (400, "language", "unsupported_language")
     assert "'sw'" in error.message and "en, es" in error.message
 
 
@@ -151,7 +154,7 @@ def test_sensevoice_loads_by_switching_local_model(mlx_sensevoice: MLXBackend, t
     assert result.language == "en" and result.duration == pytest.approx(11.0, abs=0.1)
     assert len(seen) == 1 and seen[0].end == pytest.approx(result.duration)
     assert {"emotion", "events"} <= set(seen[0].extra) and isinstance(seen[0].extra["events"], list)
-    with pytest.raises(APIError):
+    with pytest.raises(RaplError):
         run(mlx_sensevoice, speech_pcm, Options(language="de"))[0]
 
 

@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, settings
 
-from conftest import Server
+from support.server import Server
 
 schemathesis = pytest.importorskip("schemathesis", reason="pip install schemathesis")
+from hypothesis import HealthCheck, settings  # noqa: E402 - schemathesis brings it: skipped with it
 
 MAX_EXAMPLES = 50  # per operation: bounded, loopback only
 
 
-def test_spec_lists_every_route(whisper_server: Server) -> None:
-    with whisper_server.http() as http:
+def test_spec_lists_every_route(fake_server: Server) -> None:
+    with fake_server.http() as http:
         spec = http.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
-    rules = {r.rule for r in whisper_server.app.url_map.iter_rules()}
+    rules = {r.rule for r in fake_server.app.url_map.iter_rules()}
     for path in spec["paths"]:
         assert path in rules
     for rule in ("/v1/audio/transcriptions", "/v1/audio/translations", "/v1/models", "/health"):
@@ -35,8 +35,9 @@ schema = _schema()
 
 
 @pytest.fixture(scope="module")
-def fuzz_target(whisper_server: Server) -> Server:
-    return whisper_server
+def fuzz_target(shared_fake_server: Server) -> Server:
+    """The shared FakeBackend server: the fuzzing is about the HTTP layer, not the model."""
+    return shared_fake_server
 
 
 @schema.parametrize()

@@ -90,3 +90,29 @@ def test_bad_values_name_their_field(field: str, value: str) -> None:
     if field == "timestamp_granularities":
         return
     assert bad(field, "translate", **{field: value}).code == "invalid_value"
+
+
+# --- through the real server: what reaches the model --------------------------------------------
+
+def test_every_option_reaches_the_model(fake_server, spoken_sentences) -> None:  # noqa: ANN001
+    """Each form field, sent over HTTP, arrives in the Options the backend is given."""
+    from rapl.transcription import Options
+    from support.speech import wav_bytes
+
+    clip = wav_bytes(spoken_sentences[0])  # speech, so the request's own VAD finds something
+    with fake_server.http() as http:
+        verbose = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", clip)}, data={
+            "response_format": "verbose_json", "language": "de", "prompt": "Rapl, SenseVoice.", "temperature": "0.4",
+            "keywords[]": ["RAPL", "Whisper"], "timestamp_granularities[]": ["word", "segment"],
+            "chunking_strategy": '{"type": "server_vad", "threshold": 0.4, "silence_duration_ms": 300}'})
+        json_ = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", clip)},
+                          data={"model": "gpt-4o-transcribe", "languages[]": ["en", "zh-CN"], "include[]": "logprobs"})
+        translated = http.post("/v1/audio/translations", files={"file": ("a.wav", clip)}, data={"prompt": "Hi."})
+    assert verbose.status_code == json_.status_code == translated.status_code == 200, verbose.text + json_.text
+    first, *_, second, third = fake_server.backend.calls
+    assert first.options == Options(language="de", prompt="Rapl, SenseVoice.", temperature=0.4, word_timestamps=True,
+                                    keywords=("RAPL", "Whisper"),
+                                    vad=VadOptions(threshold=0.4, min_silence_ms=300))
+    assert second.options == Options(candidates=("en", "zh"), logprobs=True)
+    assert third.options == Options(prompt="Hi.", task="translate")
+    assert verbose.json()["language"] == "german" and json_.json()["logprobs"]

@@ -1,13 +1,16 @@
-"""The shared segmentation stage and long recordings, through the real server."""
+"""The shared segmentation stage (Silero VAD), through the real server: on a FakeBackend for what
+reaches the model, on the real tiny.en model for a long recording."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from conftest import JFK_TEXT, SENTENCES, Server, build_recording, wav_bytes, wer
 from rapl.settings import Settings
 from rapl.vad import Segmenter
+from support.fake_backend import FakeBackend, say
+from support.server import Server, wait_until
+from support.speech import JFK_TEXT, SENTENCES, build_recording, tone, wav_bytes, wer
 
 
 def _segmenter(**overrides: str) -> Segmenter:
@@ -47,19 +50,40 @@ def test_vad_off_cuts_fixed_windows() -> None:
     assert segmenter.plan(np.zeros(100, dtype=np.float32)) == []
 
 
+@pytest.fixture
+def vad_server(fake_serve) -> Server:  # noqa: ANN001
+    """A real server with the VAD on, on a FakeBackend: what reaches the "model" is in its calls."""
+    return fake_serve(FakeBackend(), VAD="true")
+
+
 @pytest.mark.parametrize("kind", ["silence", "noise"])
-def test_silence_and_noise_return_empty_text(whisper_server: Server, kind: str) -> None:
+def test_silence_and_noise_return_empty_text(vad_server: Server, kind: str) -> None:
     rng = np.random.default_rng(2)
     pcm = np.zeros(16000 * 30, np.float32) if kind == "silence" else rng.normal(0, 0.1, 16000 * 30).astype(np.float32)
-    completed = whisper_server.worker.counters["completed"]
-    with whisper_server.http() as http:
+    with vad_server.http() as http:
         body = http.post("/v1/audio/transcriptions", files={"file": ("x.wav", wav_bytes(pcm))},
                          data={"response_format": "verbose_json"}).json()
     assert body["text"] == "" and body["segments"] == []
     assert body["duration"] == 30.0
-    assert whisper_server.worker.counters["completed"] == completed  # the model never ran
+    assert vad_server.backend.calls == [] and vad_server.worker.counters["completed"] == 0  # the model never ran
 
 
+def test_speech_between_pauses_reaches_the_model_and_silence_does_not(vad_server: Server, spoken_sentences) -> None:
+    """Two sentences 20 s apart: the model hears each sentence (with a little padding), not the silence."""
+    recording, starts = build_recording(spoken_sentences[:2], [5.0, 20.0])
+    with vad_server.http() as http:
+        body = http.post("/v1/audio/transcriptions", files={"file": ("x.wav", wav_bytes(recording))},
+                         data={"response_format": "verbose_json"}).json()
+    heard = [call.seconds for call in vad_server.backend.calls]
+    assert len(heard) == 2 and len(body["segments"]) == 2
+    for seconds, part in zip(heard, spoken_sentences[:2], strict=True):
+        assert len(part) / 16000 - 1.0 < seconds < len(part) / 16000 + 1.0
+    for segment, start in zip(body["segments"], starts, strict=True):  # placed where the speech was
+        assert abs(segment["start"] - start) < 0.5, (segment, start)
+    assert sum(heard) < body["duration"] / 2
+
+
+@pytest.mark.slow  # the real tiny.en model on 20 minutes of audio
 def test_twenty_minute_recording_keeps_order_and_times(whisper_server: Server, spoken_sentences, jfk) -> None:
     """20 minutes: real and synthesized speech between long stretches of silence and noise."""
     from rapl import audio
@@ -88,42 +112,53 @@ def test_twenty_minute_recording_keeps_order_and_times(whisper_server: Server, s
     assert wer(JFK_TEXT, segments[0].text + " " + segments[1].text) <= 0.2 or wer(JFK_TEXT, result.text[:120]) <= 0.2
 
 
-def test_short_json_clip_of_silence_never_reaches_the_model(whisper_server: Server) -> None:
-    completed = whisper_server.worker.counters["completed"]
-    with whisper_server.http() as http:
+def test_short_json_clip_of_silence_never_reaches_the_model(vad_server: Server) -> None:
+    with vad_server.http() as http:
         silence = wav_bytes(np.zeros(16000 * 8, np.float32))
         body = http.post("/v1/audio/transcriptions", files={"file": ("x.wav", silence)})
     assert body.json()["text"] == ""
-    assert whisper_server.worker.counters["completed"] == completed
+    assert vad_server.backend.calls == [] and vad_server.worker.counters["completed"] == 0
 
 
-def test_short_json_clip_of_noise_answers_empty_text(whisper_server: Server) -> None:
-    """Dictation path: the model may start on it while the VAD looks, but no text comes back."""
+def test_short_json_clip_of_noise_answers_empty_text(vad_server: Server) -> None:
+    """Dictation path: the model may start on it while the VAD looks, but its words never come back
+    (the fake says "speech 8.0 s" to whatever it is given)."""
     noise = np.random.default_rng(3).normal(0, 0.1, 16000 * 8).astype(np.float32)
-    with whisper_server.http() as http:
+    with vad_server.http() as http:
         for fmt in ("json", "text"):
             resp = http.post("/v1/audio/transcriptions", files={"file": ("x.wav", wav_bytes(noise))},
                              data={"response_format": fmt})
             assert resp.status_code == 200
             assert (resp.json()["text"] if fmt == "json" else resp.text) == ""
-    assert whisper_server.worker.queue_depth == 0  # a withdrawn job leaves the queue count right
+        streamed = http.post("/v1/audio/transcriptions", files={"file": ("x.wav", wav_bytes(noise))},
+                             data={"stream": "true"})
+    assert "speech" not in streamed.text and '"text": ""' in streamed.text  # a stream never sees such a job
+    assert vad_server.worker.queue_depth == 0  # a withdrawn job leaves the queue count right
 
 
-def test_withdrawn_job_never_runs(serve, whisper_model: str, spoken_sentences) -> None:  # noqa: ANN001
+def test_short_json_clip_of_speech_goes_to_the_model_whole(vad_server: Server, spoken_sentences) -> None:
+    clip = wav_bytes(spoken_sentences[0])
+    with vad_server.http() as http:
+        text = http.post("/v1/audio/transcriptions", files={"file": ("x.wav", clip)}).json()["text"]
+    assert text == say(len(spoken_sentences[0]) / 16000)  # the whole clip, in one piece
+    assert len(vad_server.backend.calls) == 1
+
+
+def test_withdrawn_job_never_runs(fake_serve) -> None:  # noqa: ANN001
     import threading
-    import time
 
-    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model})
-    long_clip = wav_bytes(build_recording(spoken_sentences * 2, [0.5] * 12)[0])
+    gate = threading.Event()
+    server = fake_serve(FakeBackend(gate=gate))
     busy = threading.Thread(target=lambda: server.http().post("/v1/audio/transcriptions",
-                                                              files={"file": ("l.wav", long_clip)}))
+                                                              files={"file": ("l.wav", wav_bytes(tone(5.0)))}))
     busy.start()
-    while not server.worker.running:
-        time.sleep(0.01)
+    wait_until(lambda: server.worker.running, timeout=30, what="the first job to reach the model")
     ran: list[bool] = []
     future = server.worker.submit(lambda: ran.append(True))
     assert server.worker.queue_depth == 1
     assert server.worker.withdraw(future) is True
     assert server.worker.queue_depth == 0
-    busy.join(timeout=120)
+    gate.set()
+    busy.join(timeout=30)
+    assert not busy.is_alive()
     assert ran == [] and future.cancelled()

@@ -21,17 +21,15 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from conftest import JFK_TEXT, ROOT, wav_bytes, wer
 from rapl.settings import SPEC
+from support import ROOT
+from support.net import free_port
+from support.speech import JFK_TEXT, wav_bytes, wer
+
+pytestmark = pytest.mark.slow  # RAPL launched as subprocesses on the real tiny.en model
 
 LAUNCHERS = ("waitress-serve", "python -m rapl")
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and resource limits")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def command(launcher: str, *flags: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Speaker labels (rapl/speakers.py): the real resemblyzer encoder on real voices, and the logic on a fake one.
+"""Speaker labels (rapl/speakers.py, rapl/encoders.py): the real resemblyzer encoder on real voices, and the
+logic on a fake one.
 
 The "meetings" are built from the real clips in ../shared/audio: JFK (en_jfk.flac, English,
 a man) and the Mandarin speaker of zh_sample.wav. Where JFK is a known speaker, his reference
@@ -9,29 +10,22 @@ repeats the reference's audio.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import build_recording, network_blocked
+from rapl.encoders import ENCODERS, CampPlusEncoder, ResemblyzerEncoder, SpeakerModelError, check, create_encoder
 from rapl.settings import SPEAKER_MODELS, Settings, SettingsError
-from rapl.speakers import (
-    ENCODERS,
-    MAX_KNOWN,
-    CampPlusEncoder,
-    Diarizer,
-    ResemblyzerEncoder,
-    SpeakerError,
-    SpeakerModelError,
-    check,
-    create_encoder,
-    letters,
-)
+from rapl.speakers import MAX_KNOWN, Diarizer, SpeakerError, letters
 from rapl.transcription import Segment
+from support.net import network_blocked
+from support.speech import build_recording
 
 RATE = 16000
+INSTALL = "pip install webrtcvad-wheels librosa && pip install --no-deps resemblyzer"
 
 
 def seconds(clip: np.ndarray, start: float, end: float | None = None) -> np.ndarray:
@@ -59,12 +53,13 @@ def clips(shared_audio: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def diarizer() -> Diarizer:
-    pytest.importorskip("resemblyzer", reason="pip install webrtcvad-wheels && pip install --no-deps resemblyzer")
+    pytest.importorskip("resemblyzer", reason=INSTALL)
     return Diarizer(create_encoder("resemblyzer", "cpu"))
 
 
 # -- the real encoder on real voices -----------------------------------------------------------
 
+@pytest.mark.slow  # the real resemblyzer encoder on real voices
 def test_thresholds_sit_between_measured_voices(diarizer: Diarizer, clips: dict[str, np.ndarray]) -> None:
     """One voice scores well above the thresholds, two voices well below (module docstring: the numbers)."""
     embed = diarizer.encoder.embed
@@ -80,18 +75,21 @@ def test_thresholds_sit_between_measured_voices(diarizer: Diarizer, clips: dict[
     assert not np.any(embed(np.zeros(3 * RATE, dtype=np.float32)))  # silence has no voice
 
 
+@pytest.mark.slow  # the real resemblyzer encoder on real voices
 def test_three_turn_meeting_finds_two_speakers(diarizer: Diarizer, clips: dict[str, np.ndarray]) -> None:
     jfk, zh = clips["jfk"], clips["zh"]
     audio, segments = meeting([seconds(jfk, 0, 5.3), zh, seconds(jfk, 5.3)])
     assert diarizer.assign(audio, segments) == ["A", "B", "A"]
 
 
+@pytest.mark.slow  # the real resemblyzer encoder on real voices
 def test_letters_follow_first_appearance(diarizer: Diarizer, clips: dict[str, np.ndarray]) -> None:
     jfk, zh = clips["jfk"], clips["zh"]
     audio, segments = meeting([seconds(zh, 0, 3.0), seconds(jfk, 0, 5.3), seconds(zh, 3.0), seconds(jfk, 5.3)])
     assert diarizer.assign(audio, segments) == ["A", "B", "A", "B"]
 
 
+@pytest.mark.slow  # the real resemblyzer encoder on real voices
 def test_known_speaker_is_named(diarizer: Diarizer, clips: dict[str, np.ndarray]) -> None:
     jfk, zh = clips["jfk"], clips["zh"]
     audio, segments = meeting([seconds(jfk, 5.3, 8.1), zh, seconds(jfk, 8.1)])
@@ -99,12 +97,14 @@ def test_known_speaker_is_named(diarizer: Diarizer, clips: dict[str, np.ndarray]
     assert labels == ["JFK", "A", "JFK"]
 
 
+@pytest.mark.slow  # the real resemblyzer encoder on real voices
 def test_absent_known_speaker_names_no_one(diarizer: Diarizer, clips: dict[str, np.ndarray]) -> None:
     jfk, zh = clips["jfk"], clips["zh"]
     audio, segments = meeting([seconds(zh, 0, 3.0), seconds(zh, 3.0)])
     assert diarizer.assign(audio, segments, known={"JFK": seconds(jfk, 0, 5)}) == ["A", "A"]
 
 
+@pytest.mark.slow  # the real resemblyzer encoder on real voices
 def test_num_speakers_fixes_the_count(diarizer: Diarizer, clips: dict[str, np.ndarray]) -> None:
     jfk, zh = clips["jfk"], clips["zh"]
     audio, segments = meeting([seconds(jfk, 0, 5.3), zh, seconds(jfk, 5.3)])
@@ -113,6 +113,7 @@ def test_num_speakers_fixes_the_count(diarizer: Diarizer, clips: dict[str, np.nd
     assert diarizer.assign(audio, segments, num_speakers=3) == ["A", "B", "C"]
 
 
+@pytest.mark.slow  # the real resemblyzer encoder on real voices
 def test_short_segment_joins_the_voice_around_it(diarizer: Diarizer, clips: dict[str, np.ndarray]) -> None:
     """A 1 s turn is too short to embed alone; with its context it joins the Mandarin speaker."""
     jfk, zh = clips["jfk"], clips["zh"]
@@ -121,6 +122,7 @@ def test_short_segment_joins_the_voice_around_it(diarizer: Diarizer, clips: dict
     assert diarizer.assign(audio, segments) == ["A", "B", "B", "A"]
 
 
+@pytest.mark.slow  # the real resemblyzer encoder on real voices
 def test_speech_spans_leave_silence_out(diarizer: Diarizer, clips: dict[str, np.ndarray]) -> None:
     """Segments drawn over the whole recording, silences included; the spans say where the voices are."""
     jfk, zh = clips["jfk"], clips["zh"]
@@ -172,10 +174,11 @@ def test_missing_funasr_names_the_setting_and_the_install_command(monkeypatch: p
 
 def test_missing_resemblyzer_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "resemblyzer", None)
-    with pytest.raises(SpeakerModelError, match=r"pip install webrtcvad-wheels && pip install --no-deps resemblyzer"):
+    with pytest.raises(SpeakerModelError, match=re.escape(INSTALL)):
         ResemblyzerEncoder().embed(np.ones(RATE, dtype=np.float32))
 
 
+@pytest.mark.slow  # ModelScope's real cache lookup (seconds of imports)
 def test_campplus_not_cached_offline_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A real ModelScope cache miss, then a download that fails as offline (ModelScope's own retries take 20 s)."""
     pytest.importorskip("modelscope", reason="pip install modelscope")
@@ -198,6 +201,7 @@ def test_campplus_not_cached_offline_says_so(tmp_path: Path, monkeypatch: pytest
     assert calls == [True, False] and attempts == []
 
 
+@pytest.mark.slow  # FunASR's real CAM++ model
 def test_campplus_runs_a_local_model_offline(tmp_path: Path) -> None:
     """FunASR's real CAM++ code on a tiny random CAM++ directory: the wiring, not the voices."""
     pytest.importorskip("funasr", reason="pip install funasr")

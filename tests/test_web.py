@@ -13,7 +13,11 @@ from typing import Any
 
 import pytest
 
-from conftest import JFK_TEXT, ROOT, Server, ffmpeg, wer
+from support import ROOT
+from support.server import Server
+from support.speech import JFK_TEXT, ffmpeg, wer
+
+pytestmark = pytest.mark.slow  # headless Chromium against the real tiny.en model
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"

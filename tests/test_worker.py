@@ -1,4 +1,8 @@
-"""The model thread under load and faults: FIFO, bounded queue, disconnects, timeouts, errors."""
+"""The model thread under load and faults: FIFO, bounded queue, disconnects, timeouts, errors, idle unload.
+
+Through a real waitress server and real HTTP clients, on the FakeBackend: it says how many seconds
+of audio it was given ("speech 2.5 s"), so every answer shows which clip reached the model.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,29 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import pytest
+from support.fake_backend import FakeBackend, say
+from support.server import Server, wait_until
+from support.speech import tone, wav_bytes
 
-from conftest import SENTENCES, Server, build_recording, wav_bytes, wer
+LENGTHS = [1.0, 1.3, 1.6, 1.9, 2.2, 2.5]  # seconds: one clip each, told apart by what the model says
+CLIP = wav_bytes(tone(11.0))
 
 
-@pytest.fixture(scope="module")
-def load_server(serve, whisper_model: str) -> Server:  # noqa: ANN001
+def _post(server: Server, clip: bytes, name: str = "a.wav", **data: str):  # noqa: ANN202
+    with server.http() as http:
+        return http.post("/v1/audio/transcriptions", files={"file": (name, clip)}, data=data)
+
+
+def test_32_concurrent_clients_get_their_own_text_in_arrival_order(fake_serve) -> None:  # noqa: ANN001
     """A server whose waitress has more threads than clients, so the app's own queue is what limits."""
-    return serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "MAX_QUEUE": "64"}, threads=40)
-
-
-def test_32_concurrent_clients_get_their_own_text_in_arrival_order(load_server: Server, spoken_sentences) -> None:
-    clips = [wav_bytes(pcm) for pcm in spoken_sentences]
-    before = dict(load_server.worker.counters)
+    backend = FakeBackend(delay=0.02)
+    server = fake_serve(backend, threads=40, MAX_QUEUE="64")
+    clips = [wav_bytes(tone(seconds)) for seconds in LENGTHS]
 
     def client(index: int) -> list[tuple[int, int, str]]:
         answers = []
-        with load_server.http() as http:
+        with server.http() as http:
             for round_ in range(2):
                 which = (index + round_) % len(clips)
                 resp = http.post("/v1/audio/transcriptions", files={"file": (f"{index}.wav", clips[which])},
@@ -37,36 +44,44 @@ def test_32_concurrent_clients_get_their_own_text_in_arrival_order(load_server: 
         results = [a for answers in pool.map(client, range(32)) for a in answers]
     assert len(results) == 64
     assert all(status == 200 for _, status, _ in results), [r for r in results if r[1] != 200][:3]
-    for which, _, text in results:  # none lost or swapped: each answer matches the clip sent
-        scores = [wer(sentence, text) for sentence in SENTENCES]
-        assert scores.index(min(scores)) == which, (which, text)
-    counters = load_server.worker.counters
-    assert counters["completed"] - before["completed"] == 64
-    assert counters["out_of_order"] == 0
-    assert counters["rejected_busy"] == before["rejected_busy"]
+    for which, _, text in results:  # none lost or swapped: each answer is about the clip sent
+        assert text == say(LENGTHS[which]), (which, text)
+    counters = server.worker.counters
+    assert counters["completed"] == len(backend.calls) == 64
+    assert counters["out_of_order"] == 0 and counters["rejected_busy"] == 0
+    assert backend.most_at_once == 1  # one job on the model at a time...
+    assert {call.thread for call in backend.calls} == {backend.calls[0].thread}  # ...always on the model thread
+    assert backend.calls[0].thread.startswith("rapl-model")
 
 
-def test_excess_requests_get_429_at_once(serve, whisper_model: str, spoken_sentences) -> None:  # noqa: ANN001
-    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "MAX_QUEUE": "2"}, threads=20)
-    clip = wav_bytes(build_recording(spoken_sentences[:3], [0.3, 0.3, 0.3])[0])
+def test_excess_requests_get_429_at_once(fake_serve) -> None:  # noqa: ANN001
+    """MAX_QUEUE=2 while the model is held busy: one job runs, two wait, the other nine are refused
+    while the model is still busy (not after waiting), and the three admitted ones complete."""
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    server = fake_serve(backend, threads=20, MAX_QUEUE="2")
+    clip = wav_bytes(tone(3.0))
 
     def call(_: int) -> tuple[int, float, dict]:
-        started = time.perf_counter()
-        with server.http() as http:
-            resp = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", clip)})
-        return resp.status_code, time.perf_counter() - started, dict(resp.headers) | {"body": resp.json()}
+        resp = _post(server, clip)
+        return resp.status_code, time.perf_counter(), dict(resp.headers) | {"body": resp.json()}
 
     with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(call, range(12)))
+        futures = [pool.submit(call, i) for i in range(12)]
+        wait_until(lambda: sum(f.done() for f in futures) == 9, timeout=30, what="nine answers")
+        assert server.worker.running and server.worker.queue_depth == 2 and len(backend.calls) == 1
+        opened = time.perf_counter()
+        gate.set()
+        results = [f.result() for f in futures]
     ok = [r for r in results if r[0] == 200]
     busy = [r for r in results if r[0] == 429]
-    assert len(ok) + len(busy) == 12 and ok and busy
-    slowest_ok = max(r[1] for r in ok)
-    for _, seconds, headers in busy:
+    assert len(ok) == 3 and len(busy) == 9 and server.worker.counters["rejected_busy"] == 9
+    for _, answered, headers in busy:
         assert headers["retry-after"] == "1"
         assert headers["body"]["error"]["code"] == "server_busy"
-        assert seconds < slowest_ok / 2  # rejected promptly, not after waiting
-    assert server.worker.counters["rejected_busy"] == len(busy)
+        assert answered < opened  # refused while the model was still busy, not after waiting
+    assert all(answered > opened for _, answered, _ in ok)
+    assert len(backend.calls) == 3  # a refused request never reaches the model
 
 
 def _multipart(body: bytes) -> tuple[bytes, str]:
@@ -76,88 +91,84 @@ def _multipart(body: bytes) -> tuple[bytes, str]:
     return data, f"multipart/form-data; boundary={boundary}"
 
 
-def test_client_that_hangs_up_while_queued_is_not_transcribed(load_server: Server, spoken_sentences) -> None:
-    long_clip = wav_bytes(build_recording(spoken_sentences * 3, [0.5] * 18)[0])
-    busy = threading.Thread(target=lambda: load_server.http().post(
-        "/v1/audio/transcriptions", files={"file": ("long.wav", long_clip)}))
+def test_client_that_hangs_up_while_queued_is_not_transcribed(fake_serve) -> None:  # noqa: ANN001
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)  # the first job holds the model until the gate opens
+    server = fake_serve(backend)
+    busy = threading.Thread(target=_post, args=(server, CLIP))
     busy.start()
-    deadline = time.monotonic() + 10
-    while not load_server.worker.running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert load_server.worker.running
-    before = dict(load_server.worker.counters)
-    body, content_type = _multipart(wav_bytes(spoken_sentences[0]))
-    host, port = load_server.url.removeprefix("http://").split(":")
+    wait_until(lambda: server.worker.running, timeout=10, what="the first job to reach the model")
+    connections = server.connections()
+    body, content_type = _multipart(wav_bytes(tone(2.0)))
+    host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        deadline = time.monotonic() + 10
-        while load_server.worker.queue_depth == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert load_server.worker.queue_depth >= 1  # it is queued behind the long job
-    busy.join(timeout=120)
-    deadline = time.monotonic() + 10
-    while load_server.worker.queue_depth and time.monotonic() < deadline:
-        time.sleep(0.05)
-    counters = load_server.worker.counters
-    assert counters["dropped_disconnected"] == before["dropped_disconnected"] + 1
-    assert counters["completed"] == before["completed"] + 1  # only the long job ran
+        wait_until(lambda: server.worker.queue_depth >= 1, timeout=10, what="the second request to queue")
+    wait_until(lambda: server.connections() <= connections, timeout=10, what="waitress to see the hang-up")
+    gate.set()
+    busy.join(timeout=30)
+    wait_until(lambda: not server.worker.queue_depth and not server.worker.running, timeout=10,
+               what="the queue to drain")
+    counters = server.worker.counters
+    assert counters["dropped_disconnected"] == 1
+    assert counters["completed"] == 1 and [call.seconds for call in backend.calls] == [11.0]  # only the first job ran
 
 
-def test_backend_fault_is_a_500_and_the_next_request_works(serve, whisper_model: str, jfk: Path) -> None:  # noqa: ANN001
-    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model})
-    model = server.worker.backend._model
-    server.worker.backend._model = None  # the next transcription raises inside the backend
-    with server.http() as http:
-        broken = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
-        server.worker.backend._model = model
-        fixed = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+def test_backend_fault_is_a_500_and_the_next_request_works(fake_serve) -> None:  # noqa: ANN001
+    backend = FakeBackend(fail=RuntimeError("CUDA error: an illegal memory access was encountered"))
+    server = fake_serve(backend)
+    broken = _post(server, CLIP)
+    backend.fail = None
+    fixed = _post(server, CLIP)
     assert broken.status_code == 500
     error = broken.json()["error"]
     assert error["type"] == "server_error" and "Traceback" not in error["message"]
-    assert fixed.status_code == 200 and "country" in fixed.json()["text"]
+    assert "CUDA" not in error["message"]  # the library's words stay in the server log
+    assert fixed.status_code == 200 and fixed.json()["text"] == say(11.0)
+    assert server.worker.counters["failed"] == 1 and server.worker.counters["completed"] == 1
 
 
-def test_request_waiting_too_long_gets_504(serve, whisper_model: str, spoken_sentences) -> None:  # noqa: ANN001
-    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "REQUEST_TIMEOUT": "1"}, threads=8)
-    long_clip = wav_bytes(build_recording(spoken_sentences * 3, [0.5] * 18)[0])
-    short = wav_bytes(spoken_sentences[0])
+def test_request_waiting_too_long_gets_504(fake_serve) -> None:  # noqa: ANN001
+    gate = threading.Event()
+    backend = FakeBackend(gate=gate)
+    server = fake_serve(backend, REQUEST_TIMEOUT="1")
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(lambda: server.http().post("/v1/audio/transcriptions",
-                                                       files={"file": ("l.wav", long_clip)}))
-        deadline = time.monotonic() + 30
-        while not server.worker.running and time.monotonic() < deadline:  # the long job is on the model
-            time.sleep(0.01)
-        second = pool.submit(lambda: server.http().post("/v1/audio/transcriptions", files={"file": ("s.wav", short)}))
+        first = pool.submit(_post, server, CLIP)
+        wait_until(lambda: server.worker.running, timeout=10, what="the first job to reach the model")
+        second = pool.submit(_post, server, wav_bytes(tone(2.0)))
+        wait_until(lambda: server.worker.queue_depth == 1, timeout=10, what="the second request to queue")
+        time.sleep(1.2)  # longer than REQUEST_TIMEOUT
+        gate.set()
         assert first.result().status_code == 200
         resp = second.result()
     assert resp.status_code == 504 and resp.json()["error"]["code"] == "timeout"
+    assert server.worker.counters["timed_out"] == 1 and [call.seconds for call in backend.calls] == [11.0]
 
 
-def test_idle_model_is_unloaded_and_reloaded_by_the_next_request(serve, whisper_model: str, jfk: Path) -> None:  # noqa: ANN001
-    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "MODEL_IDLE_UNLOAD": "1"})
+def test_idle_model_is_unloaded_and_reloaded_by_the_next_request(fake_serve) -> None:  # noqa: ANN001
+    backend = FakeBackend()
+    server = fake_serve(backend, MODEL_IDLE_UNLOAD="1")
     with server.http() as http:
-        assert http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())}).status_code == 200
-        unloads = server.worker.counters["unloads"]
-        deadline = time.monotonic() + 15
-        while http.get("/health").json()["status"] != "unloaded" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert http.post("/v1/audio/transcriptions", files={"file": ("a.wav", CLIP)}).status_code == 200
+        wait_until(lambda: http.get("/health").json()["status"] == "unloaded", timeout=15,
+                   what="the idle model to be unloaded", interval=0.1)
         health = http.get("/health")
         assert health.status_code == 200  # still healthy for a load balancer: a request reloads it
-        assert health.json()["status"] == "unloaded" and health.json()["unloads"] == unloads + 1
-        assert server.worker.backend._model is None  # the memory is really let go
+        assert health.json()["status"] == "unloaded" and health.json()["unloads"] == 1
+        assert backend.unloads == 1 and not backend.loaded  # the backend was really told to let go
         assert http.get("/v1/models").json()["data"][0]["loaded"] is False
-        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
-        assert resp.status_code == 200 and "country" in resp.json()["text"]
+        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.wav", CLIP)})
+        assert resp.status_code == 200 and resp.json()["text"] == say(11.0)
+        assert backend.loads == 2
         assert http.get("/health").json()["status"] == "ready"
         assert http.get("/v1/models").json()["data"][0]["loaded"] is True
 
 
-def test_requests_after_shutdown_get_503_in_the_envelope(serve, whisper_model: str, jfk: Path) -> None:  # noqa: ANN001
-    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model})
+def test_requests_after_shutdown_get_503_in_the_envelope(fake_serve) -> None:  # noqa: ANN001
+    server = fake_serve()
     server.worker.shutdown()  # what a stopping server does before it closes
-    with server.http() as http:
-        resp = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())},
-                         data={"response_format": "srt"})
+    resp = _post(server, CLIP, response_format="srt")
     assert resp.status_code == 503
     assert resp.json()["error"]["code"] == "shutting_down" and server.worker.queue_depth == 0
+    assert server.backend.calls == []

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from .. import languages as langs
-from .. import richtext
-from ..errors import APIError
+from .. import richtext, store
+from ..errors import Unsupported
 from ..settings import Settings, SettingsError
 from ..transcription import Options, Segment, Word
 from . import SPECS, Capabilities, warm_up_noise
@@ -184,15 +184,15 @@ class MLXBackend:
     def language_value(self, code: str | None) -> str | None:
         """The value this family's generate() takes for ISO ``code`` (None: detect).
 
-        Raises APIError 400 (code unsupported_language) for a language the family lacks.
+        Raises Unsupported (code unsupported_language) for a language the family lacks.
         """
         if code is None:
             return self.family.auto_language
         accepted = self.family.languages if self.family.languages is not None else langs.NAMES
         if code not in accepted:
-            raise APIError(f"Language {code!r} is not supported by {self.model}. Supported "
-                           f"languages: {', '.join(sorted(accepted))}.", 400, param="language",
-                           code="unsupported_language")
+            raise Unsupported(f"Language {code!r} is not supported by {self.model}. Supported "
+                              f"languages: {', '.join(sorted(accepted))}.", param="language",
+                              code="unsupported_language")
         return self.family.languages[code] if self.family.languages is not None else code
 
     def _kwargs(self, options: Options, duration: float) -> dict[str, Any]:
@@ -245,23 +245,15 @@ def _device(setting: str, mx: Any) -> Any:
 
 
 def _local_dir(model: str) -> Path:
-    """A local directory holding ``model``: itself, its Hugging Face cache snapshot, or a download."""
-    path = Path(model).expanduser()
-    if path.exists():
-        return path
-    from huggingface_hub import snapshot_download
+    """A local directory holding ``model``: itself, its Hugging Face cache snapshot (with weights), or a
+    download by mlx-audio (see rapl.store.locate)."""
+    return store.locate(SPECS["mlx"], model, download=_download, complete=_has_weights, logger=log)
 
-    try:
-        cached = Path(snapshot_download(model, local_files_only=True))
-    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repo id
-        cached = None
-    if cached is not None and (cached / "config.json").is_file() and _has_weights(cached):
-        log.info("using the cached copy of %s at %s (no network)", model, cached)
-        return cached
+
+def _download(model_id: str) -> Path:
     from mlx_audio.utils import get_model_path
 
-    log.info("downloading %s from the Hugging Face hub", model)
-    return get_model_path(model)
+    return get_model_path(model_id)
 
 
 def _has_weights(path: Path) -> bool:
@@ -277,16 +269,8 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def _config_guess(model: str) -> dict[str, Any]:
     """The model's config.json if it is already on disk (a directory or the HF cache), else {}."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return _read_config(path)
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(model, "config.json")
-    except Exception:  # not a valid repo id
-        return {}
-    return _read_config(Path(found).parent) if isinstance(found, str) else {}
+    found = store.cached(SPECS["mlx"], model)
+    return _read_config(Path(found.path)) if found is not None else {}
 
 
 def _family_key(config: Mapping[str, Any], model: str, module: str = "") -> str:

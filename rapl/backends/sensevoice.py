@@ -2,7 +2,8 @@
 
 Everything that differs between model families lives in :data:`FAMILIES`, keyed by the
 ``model:`` class name in the model's ``config.yaml``; the code below only reads it.
-FunASR and torch are imported in :meth:`SenseVoiceBackend.load`, never before.
+FunASR and torch are imported in :meth:`SenseVoiceBackend.load`, never before. What
+``generate`` returns (word times, the reported language) is read in rapl.backends.funasr_results.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import richtext
-from ..languages import CODES
+from .. import richtext, store
 from ..settings import Settings
-from ..text import WORDS, join_text
-from ..transcription import Options, Segment, Word
+from ..text import join_text
+from ..transcription import Options, Segment
 from . import SPECS, Capabilities, cpu_threads, warm_up_noise
+from .funasr_results import HAN, result_language, timed_words
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,7 @@ class SenseVoiceBackend:
                  words_wanted: bool) -> tuple[Segment, str | None]:
         raw = str(result.get("text") or "")
         extra: dict[str, Any] = {}
-        language = _result_language(result)
+        language = result_language(result)
         no_speech = 0.0
         if self.family.rich_tags:
             groups = richtext.parse(raw)
@@ -245,12 +246,11 @@ class SenseVoiceBackend:
         """zh if the text has Chinese characters, else en (for zh/en models only)."""
         if not (self.family.script_language and text.strip()):
             return None
-        return "zh" if _HAN.search(text) else "en"
+        return "zh" if HAN.search(text) else "en"
 
 
 # -- helpers -----------------------------------------------------------------------------
 
-_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 _MODEL_LINE = re.compile(r"^model:\s*['\"]?([\w./-]+)", re.MULTILINE)
 
 
@@ -265,37 +265,18 @@ def read_model_class(path: Path) -> str | None:
 
 
 def cached_modelscope(model_id: str) -> str | None:
-    """The local directory of ``model_id`` in the ModelScope cache, without network."""
-    from modelscope.hub.snapshot_download import snapshot_download
-
-    try:
-        return str(snapshot_download(model_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any failure means "not cached"
-        return None
+    """The local directory of ``model_id`` in the ModelScope cache, without network (see rapl.store)."""
+    found = store.cached(SPECS["sensevoice"], model_id)
+    return found.path if found is not None else None
 
 
 def resolve_model(model: str) -> str:
-    """A local directory for ``model``: itself, its ModelScope cache, or a fresh download.
+    """A local directory for ``model``: itself, its ModelScope cache, or a fresh download (rapl.store).
 
     ``model`` is a directory, a ModelScope id (``iic/SenseVoiceSmall``) or one of FunASR's
     short names (``paraformer-zh``).
     """
-    local = Path(model).expanduser()
-    if local.is_dir():
-        return str(local)
-    model_id = model
-    if "/" not in model:
-        from funasr.download.name_maps_from_hub import name_maps_ms
-
-        model_id = name_maps_ms.get(model, model)
-    cached = cached_modelscope(model_id)
-    if cached:
-        log.info("using %s from the ModelScope cache at %s (no network)", model_id, cached)
-        return cached
-    from modelscope.hub.snapshot_download import snapshot_download
-
-    log.info("downloading %s from ModelScope", model_id)
-    return str(snapshot_download(model_id))
+    return str(store.locate(SPECS["sensevoice"], model, logger=log))
 
 
 def pick_device(setting: str, torch: Any) -> str:
@@ -329,57 +310,3 @@ def hotwords_from_prompt(prompt: str | None) -> list[str]:
         if word and not lower.startswith("http") and not lower.endswith(".txt") and "/" not in word:
             words.append(word)
     return list(dict.fromkeys(words))[:MAX_HOTWORDS]
-
-
-def timed_words(result: dict[str, Any]) -> tuple[Word, ...]:
-    """Words with times (seconds) from a FunASR result, in any of its timestamp shapes."""
-    tokens = result.get("timestamps")  # Fun-ASR-Nano
-    if isinstance(tokens, list) and tokens and isinstance(tokens[0], dict):
-        return _words_from_dicts(tokens)
-    stamps = result.get("timestamp")  # SenseVoice, Paraformer: [[start_ms, end_ms], ...]
-    if not isinstance(stamps, list) or not stamps:
-        return ()
-    words = result.get("words")
-    if not (isinstance(words, list) and len(words) == len(stamps)):
-        words = _units(str(result.get("raw_text") or result.get("text") or ""))
-    if len(words) != len(stamps):
-        log.debug("%d timestamps for %d words: dropping word times", len(stamps), len(words))
-        return ()
-    out = []
-    for word, (start, end, *_rest) in zip(words, stamps, strict=True):
-        word = str(word).replace("▁", " ").strip()
-        if any(ch.isalnum() for ch in word):  # punctuation is not a word
-            out.append(Word(word=word, start=start / 1000.0, end=end / 1000.0))
-    return tuple(out)
-
-
-def _units(text: str) -> list[str]:
-    """Paraformer's timestamp units: each CJK character, and each other word."""
-    text = richtext.strip_tags(text)
-    return WORDS.findall(text)
-
-
-def _words_from_dicts(stamps: list[dict[str, Any]]) -> tuple[Word, ...]:
-    """Fun-ASR-Nano's token times ({token, start_time, end_time} in seconds) as words."""
-    words: list[Word] = []
-    for item in stamps:
-        token = str(item.get("token", "")).replace("▁", " ")
-        start, end = float(item.get("start_time", 0.0)), float(item.get("end_time", 0.0))
-        piece = token.strip()
-        if not piece:
-            continue
-        joins = words and not token[:1].isspace() and not _HAN.match(piece[0]) \
-            and not _HAN.match(words[-1].word[-1])
-        if joins:
-            words[-1] = replace(words[-1], word=words[-1].word + piece, end=end)
-        else:
-            words.append(Word(word=piece, start=start, end=end))
-    return tuple(words)
-
-
-def _result_language(result: dict[str, Any]) -> str | None:
-    """A language a model reports itself ("Chinese", "en", ...), as an ISO code."""
-    value = str(result.get("language") or "").strip().lower()
-    if not value:
-        return None
-    return value if value in CODES.values() else CODES.get(value)

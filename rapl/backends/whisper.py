@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import store
 from ..settings import Settings
 from ..transcription import Options, Segment, TokenLogprob, Word
 from . import SPECS, Capabilities, cpu_threads, warm_up_noise
@@ -43,15 +43,8 @@ class WhisperBackend:
         kwargs = {"device": device, "device_index": index, "compute_type": compute_type,
                   "cpu_threads": cpu_threads(self.settings)}
         started = time.perf_counter()
-        if os.path.isdir(self.model):
-            self._model = WhisperModel(self.model, **kwargs)
-        else:
-            try:
-                self._model = WhisperModel(self.model, local_files_only=True, **kwargs)
-                log.info("loading %s from the Hugging Face cache", self.model)
-            except Exception:  # noqa: BLE001 - not cached: download it
-                log.info("downloading %s from Hugging Face (first use)", self.model)
-                self._model = WhisperModel(self.model, **kwargs)
+        path = store.locate(SPECS["whisper"], self.model, download=_download, logger=log)
+        self._model = WhisperModel(str(path), **kwargs)
         log.info("loaded whisper model %s on %s (%s) in %.1f s", self.model, device, compute_type,
                  time.perf_counter() - started)
         self._warm_up()
@@ -129,6 +122,13 @@ def _segment(piece: Any) -> Segment:
                    temperature=piece.temperature or 0.0, avg_logprob=piece.avg_logprob,
                    compression_ratio=piece.compression_ratio, no_speech_prob=piece.no_speech_prob,
                    words=words)
+
+
+def _download(model_id: str) -> str:
+    """faster-whisper's own download: its short names, only the files it loads."""
+    from faster_whisper import download_model
+
+    return download_model(model_id)
 
 
 def _model_codes() -> tuple[str, ...]:

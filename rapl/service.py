@@ -1,0 +1,141 @@
+"""The transcription service: plans, schedules and finishes one request's transcription.
+
+The HTTP front end (rapl.api) reads the request and writes the answer; this module does what
+lies between, for every front end alike: the vocabulary and capability checks, the plan (the
+dictation overlap, VAD chunks, the silent-clip shortcut), the job on the model thread, and
+what follows the model (replacement rules, speaker labels), with each stage's time.
+
+    api._handle -> Transcriber.start -> ModelWorker.submit -> pipeline.run -> backend.transcribe
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import Invalid, Unsupported
+from .params import AudioRequest
+from .pipeline import run
+from .recording import Recording
+from .speakers import SpeakerError
+from .transcription import Segment, Transcription
+from .vad import RATE, Chunk
+from .vocabulary import Vocabulary
+from .worker import ModelWorker
+
+log = logging.getLogger(__name__)
+SILENT_PEAK = 1e-3  # -60 dBFS: a clip that never gets louder holds no speech
+OnSegment = Callable[[Segment], None]
+
+
+@dataclass
+class Job:
+    """One request's transcription: its audio, what was asked, and the times of its stages."""
+
+    audio: Recording
+    request: AudioRequest
+    label: str = "transcribe"
+    known: dict[str, np.ndarray] = field(default_factory=dict)  # known speakers' decoded reference clips
+    is_connected: Callable[[], bool] | None = None
+    stats: dict[str, Any] = field(default_factory=dict)  # decode, vad, wait, inference, speakers (seconds)
+
+
+class Transcriber:
+    """Runs jobs on the app's model worker; the app builds one at start-up."""
+
+    def __init__(self, worker: ModelWorker, vocabulary: Vocabulary, diarizer: Any = None,
+                 progress: bool = True, on_audio: Callable[[float], None] | None = None) -> None:
+        self.worker = worker
+        self.vocabulary = vocabulary
+        self.diarizer = diarizer  # rapl.speakers.Diarizer, or None when speaker labels cannot run here
+        self.progress = progress
+        self.on_audio = on_audio  # told the seconds of audio of each finished transcription (metrics)
+
+    def prepare(self, request: AudioRequest) -> AudioRequest:
+        """The request with the server's vocabulary added, checked against the loaded model (400s)."""
+        options = request.options
+        if self.vocabulary.terms and self.worker.capabilities.can_bias:
+            options = replace(options, keywords=self.vocabulary.keywords(options.keywords))
+        self.worker.check(options)
+        if request.diarized and self.diarizer is None:
+            raise Unsupported("Speaker labels (diarized_json) are not installed on this server: pip install "
+                              "webrtcvad-wheels librosa && pip install --no-deps resemblyzer (see README).",
+                              param="response_format", code="unsupported_value")
+        return replace(request, options=options)
+
+    def start(self, job: Job, on_segment: OnSegment | None = None) -> Future[Transcription]:
+        """Plan and queue ``job``: the same plan, so the same words, streamed or not.
+
+        A json/text clip that fits one chunk (dictation) goes to the model whole. When it is not
+        streamed, the model starts on it while the VAD looks for speech in this thread, so the VAD
+        adds no latency; no speech: the job is withdrawn if it has not started, and the answer is
+        empty text either way. Digital silence never reaches the model. Longer audio is cut at
+        pauses; its first chunk is short, so a stream's first words come early.
+        """
+        pcm, request = job.audio, job.request
+        segmenter = self.worker.segmenter.tuned(request.options.vad)
+        if request.response_format in ("json", "text") and segmenter.enabled and len(pcm) <= segmenter.max_chunk:
+            if pcm.peak < SILENT_PEAK:
+                return _finished(self._run(job, []))
+            if on_segment is not None and not segmenter.speech(pcm):  # a stream must not see a withdrawn job
+                return _finished(self._run(job, []))
+            future = self._submit(job, [Chunk(0, len(pcm))], on_segment)
+            if on_segment is not None or segmenter.speech(pcm):
+                return future
+            self.worker.withdraw(future)
+            return _finished(self._run(job, []))
+        planned = time.perf_counter()
+        chunks = segmenter.plan(pcm, merge=self.worker.capabilities.segments_audio)
+        job.stats["vad"] = time.perf_counter() - planned
+        if not chunks:
+            return _finished(self._run(job, []))
+        return self._submit(job, chunks, on_segment)
+
+    def _submit(self, job: Job, chunks: list[Chunk], on_segment: OnSegment | None) -> Future[Transcription]:
+        queued = time.perf_counter()
+
+        def work() -> Transcription:
+            job.stats["wait"] = time.perf_counter() - queued
+            return self._run(job, chunks, on_segment)
+
+        return self.worker.submit(work, job.is_connected)
+
+    def _run(self, job: Job, chunks: list[Chunk], on_segment: OnSegment | None = None) -> Transcription:
+        """The model, then the replacement rules (on each segment as it comes) and the speaker labels."""
+        begun = time.perf_counter()
+        rules = self.vocabulary.replacements
+        fixed = (lambda s: replace(s, text=rules.apply(s.text))) if rules else (lambda s: s)
+        told = (lambda s: on_segment(fixed(s))) if on_segment is not None else None
+        result = run(self.worker.backend, job.audio, job.request.options, chunks, label=job.label,
+                     progress=self.progress, on_segment=told)
+        job.stats["inference"] = time.perf_counter() - begun
+        segments = [fixed(s) for s in result.segments]
+        if job.request.diarized and segments:
+            segments = self._label(job, segments, chunks)
+        if self.on_audio is not None:
+            self.on_audio(result.duration)
+        return Transcription.of(segments, result.duration, result.task, result.language)
+
+    def _label(self, job: Job, segments: list[Segment], chunks: list[Chunk]) -> list[Segment]:
+        started = time.perf_counter()
+        audio = job.audio[0:len(job.audio)]
+        spans = [(c.start / RATE, c.end / RATE) for c in chunks]
+        try:
+            labels = self.diarizer.assign(audio, segments, speech_spans=spans, known=job.known,
+                                          num_speakers=job.request.num_speakers)
+        except SpeakerError as exc:  # a reference clip without a voice, say
+            raise Invalid(f"{exc}.", param="known_speaker_references", code="invalid_value") from None
+        job.stats["speakers"] = time.perf_counter() - started
+        return [replace(s, extra={**s.extra, "speaker": label}) for s, label in zip(segments, labels, strict=True)]
+
+
+def _finished(result: Transcription) -> Future[Transcription]:
+    future: Future[Transcription] = Future()
+    future.set_result(result)
+    return future
