@@ -1,4 +1,5 @@
-"""rapl.audio.decode against spawning the ffmpeg CLI per file, on the same bytes."""
+"""rapl.audio.decode_recording (what a request calls) against spawning the ffmpeg CLI per file, on the
+same bytes."""
 
 from __future__ import annotations
 
@@ -41,14 +42,14 @@ def _aligned_diff(a: np.ndarray, b: np.ndarray, max_lag: int = 800) -> tuple[int
 
 
 def run(clips: dict[str, dict[str, str]], formats: list[str], repeat: int) -> list[dict[str, Any]]:
-    """Per clip and format: decode time with rapl.audio.decode and with ``ffmpeg -i pipe:0 ... f32le``."""
+    """Per clip and format: decode time with rapl.audio.decode_recording and with ``ffmpeg -i pipe:0 ... f32le``."""
     from rapl import audio
 
     rows = []
     for seconds, by_format in clips.items():
         for fmt in formats:
             data = Path(by_format[fmt]).read_bytes()
-            pcm = audio.decode(data)  # warm: imports, codec tables
+            pcm = np.asarray(audio.decode_recording(data))  # warm: imports, codec tables
 
             path = Path(by_format[fmt])
 
@@ -67,7 +68,7 @@ def run(clips: dict[str, dict[str, str]], formats: list[str], repeat: int) -> li
             rapl_times: list[float] = []
             cli_times: list[float] = []
             for _ in range(repeat):  # interleaved, so both see the same machine load
-                rapl_times += _time(lambda data=data: audio.decode(data), 4)
+                rapl_times += _time(lambda data=data: audio.decode_recording(data), 4)
                 cli_times += _time(cli, 1)
             other = np.frombuffer(ref, dtype="<f4")
             lag, diff = _aligned_diff(pcm, other)

@@ -1,4 +1,4 @@
-"""How busy the machine was with other work while the benchmark ran (it is shared and noisy).
+"""The machine that ran the benchmark, and how busy it was with other work meanwhile (it is shared and noisy).
 
 Samples every ``interval`` seconds: the CPU time the whole machine spent busy, and the CPU
 time of this process and all its descendants (live ones, plus what reaped ones left in
@@ -8,11 +8,53 @@ their parents' children_* counters). The difference is other processes' load, in
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
 import threading
 import time
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import psutil
+
+PACKAGES = ("faster-whisper", "ctranslate2", "onnxruntime", "funasr", "torch", "av", "soundfile", "soxr", "waitress",
+            "flask", "numpy")
+
+
+def machine(root: Path) -> dict[str, Any]:
+    """What ran the benchmark: CPU, memory, versions, the commit of ``root`` (+dirty when rapl/ changed)."""
+    cpu, mem = platform.processor() or "unknown", 0
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+        mem = next((int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemTotal:")), 0)
+    except OSError:
+        pass
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "—"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "rapl"], cwd=root, capture_output=True,
+                                    text=True).stdout.strip())
+    except OSError:
+        commit, dirty = "?", False
+    ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gb": round(mem / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform(), "versions": versions,
+            "commit": commit + ("+dirty" if dirty else ""), "ffmpeg": ffmpeg, "loadavg_start": loadavg()}
+
+
+def loadavg() -> list[str]:
+    """The 1/5/15-minute load averages (empty where /proc is missing)."""
+    path = Path("/proc/loadavg")
+    return path.read_text().split()[:3] if path.exists() else []
 
 
 def _tree_cpu(root: psutil.Process) -> float:

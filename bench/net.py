@@ -59,6 +59,35 @@ class Reply:
         except ValueError:
             return None
 
+    @property
+    def timing(self) -> dict[str, float]:
+        """The server's in-request stages from its ``Server-Timing`` header, in seconds (empty without one)."""
+        return server_timing(self.headers.get("server-timing", ""))
+
+    @property
+    def processing(self) -> float:
+        """``openai-processing-ms`` in seconds (the view's own time, whole ms), NaN without it."""
+        try:
+            return float(self.headers["openai-processing-ms"]) / 1000
+        except (KeyError, ValueError):
+            return float("nan")
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """``decode;dur=12.3, model;dur=456.7`` as ``{"decode": 0.0123, "model": 0.4567}`` (seconds); entries
+    without a ``dur`` are left out."""
+    stages: dict[str, float] = {}
+    for entry in header.split(","):
+        name, *params = (part.strip() for part in entry.split(";"))
+        for param in params:
+            key, _, value = param.partition("=")
+            if name and key.strip().lower() == "dur":
+                try:
+                    stages[name] = float(value.strip().strip('"')) / 1000
+                except ValueError:
+                    pass
+    return stages
+
 
 class Client:
     """One keep-alive HTTP/1.1 connection; reconnects when the server closed it."""

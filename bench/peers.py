@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import net
-from bench.backend_bench import server_env
 from bench.media import mime
+from bench.servers import server_env
 from bench.stats import summary
 
 ROOT = Path(__file__).resolve().parents[1]
