@@ -194,3 +194,14 @@ def test_vocabulary_reaches_whisper_and_replacements_apply_everywhere(vocabulary
     assert "collects" in text and "collects" in srt and "scrapes" not in text + srt, (text, srt)
     deltas = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: ")]
     assert "LATENCY" in "".join(e.get("delta", "") for e in deltas) and "LATENCY" in deltas[-1]["text"]
+
+
+def test_speaker_labels_work_on_another_backend(serve, tiny_sensevoice: Path, meeting) -> None:  # noqa: ANN001
+    """The speaker stage runs after any model: here FunASR's SenseVoice (the tiny test model, one
+    segment per utterance the VAD finds), on the same real voices."""
+    clip, turns, _ = meeting
+    server = serve({"BACKEND": "sensevoice", "LOCAL_MODEL": str(tiny_sensevoice)})
+    result = server.client().audio.transcriptions.create(model="gpt-4o-transcribe-diarize",
+                                                         file=("meeting.wav", clip), response_format="diarized_json")
+    first, second, third = labels_by_turn(result.segments, turns)
+    assert first == third and len(first) == 1 and second and second.isdisjoint(first), (first, second, third)
