@@ -11,6 +11,7 @@ import socket
 
 from . import environment, store
 from .backends import SPECS
+from .server import free_port
 from .settings import Settings, SettingsError
 
 
@@ -231,7 +232,7 @@ def check_port(report: Report, settings: Settings) -> None:
             if exc.errno in (errno.EADDRINUSE, 10048):
                 report.fail("port", f"{where} is already in use (another RAPL, or another program, listens "
                             "there)", f"stop that program, or set PORT to a free port (for example "
-                            f"PORT={_free_port(host)}) in .env or the environment")
+                            f"PORT={free_port(host)}) in .env or the environment")
             elif exc.errno in (errno.EADDRNOTAVAIL, 10049):
                 report.fail("port", f"HOST={host} is not an address of this machine",
                             "set HOST=127.0.0.1 (or 0.0.0.0 to listen on every interface, with API_KEY set)")
@@ -246,12 +247,3 @@ def check_port(report: Report, settings: Settings) -> None:
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.API_KEY:
         report.warn("port", f"HOST={host} accepts connections from other machines and API_KEY is empty",
                     "set API_KEY, or keep HOST=127.0.0.1")
-
-
-def _free_port(host: str) -> int:
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            sock.bind((host, 0))
-            return sock.getsockname()[1]
-    except OSError:
-        return 8001

@@ -257,7 +257,7 @@ def _listen_error(exc: OSError, server: Server) -> ListenError:
     flags = bool({"listen", "host", "port"} & set(server.given))
     if exc.errno in (errno.EADDRINUSE, 10048):  # 10048: WSAEADDRINUSE
         fix = ("pass a free port to --listen or --port" if flags
-               else f"set PORT to a free port (for example PORT={_free_port(str(adj.get('host', '127.0.0.1')))})")
+               else f"set PORT to a free port (for example PORT={free_port(str(adj.get('host', '127.0.0.1')))})")
         return ListenError(f"cannot listen on {where}: the port is already in use (another RAPL, or another "
                            f"program, listens there); stop that program, or {fix}")
     if exc.errno in (errno.EADDRNOTAVAIL, 10049):
@@ -270,7 +270,8 @@ def _listen_error(exc: OSError, server: Server) -> ListenError:
     return ListenError(f"cannot listen on {where}: {exc.strerror or exc}")
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
+    """A port free on ``host`` now (8001 if none can be asked for), for messages that suggest one."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
             sock.bind((host, 0))

@@ -111,8 +111,20 @@ def _in_cache(spec: BackendSpec, model_id: str, complete: Complete | None) -> Ca
     return CachedModel(model_id, spec.name, tree_size(snapshot), str(snapshot), f"{spec.hub} cache")
 
 
+def _modelscope_dir(model_id: str) -> Path | None:
+    """``model_id`` in the ModelScope cache's own layouts (read from MODELSCOPE_CACHE now, not at import)."""
+    root = modelscope_root()
+    for candidate in (root / "models" / model_id, root / "hub" / model_id, root / "hub" / "models" / model_id):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def _snapshot(hub: str, model_id: str) -> Path | None:
-    """The hub library's own cache lookup (its layouts vary by version), never the network."""
+    """The hub library's own cache lookup (its layouts vary by version), never the network; for
+    ModelScope its classic layouts first, as its SDK may have read MODELSCOPE_CACHE once at import."""
+    if hub == MODELSCOPE and (found := _modelscope_dir(model_id)) is not None:
+        return found
     try:
         if hub == MODELSCOPE:
             from modelscope.hub.snapshot_download import snapshot_download

@@ -27,7 +27,7 @@ from typing import Any
 
 import openai
 import pytest
-from flask import request, request_finished
+from flask import g, request, request_finished, request_started
 
 from support import ROOT
 from support.server import Server
@@ -131,23 +131,27 @@ def recorded(server: Server) -> Iterator[list[dict[str, Any]]]:
     """Every request ``server`` answers inside the block: method, path, headers, form, files, status."""
     seen: list[dict[str, Any]] = []
 
-    def finished(sender: Any, response: Any, **extra: Any) -> None:
-        form: dict[str, list[str]] = {}
-        files: dict[str, tuple[str | None, str | None, int]] = {}
+    def started(sender: Any, **extra: Any) -> None:
+        """Read the form as it arrives: the server frees each upload once it is decoded."""
+        g.recorded = {"form": {}, "files": {}}
         if request.method == "POST":
-            with contextlib.suppress(Exception):  # e.g. a 401 whose body was never read
-                form = {k: request.form.getlist(k) for k in request.form}
-                files = {k: (f.filename, f.content_type, len(f.stream.getvalue()))
-                         for k, f in request.files.items()}
+            with contextlib.suppress(Exception):  # a body that is not a form
+                g.recorded = {"form": {k: request.form.getlist(k) for k in request.form},
+                              "files": {k: (f.filename, f.content_type, len(f.stream.getvalue()))
+                                        for k, f in request.files.items()}}
+
+    def finished(sender: Any, response: Any, **extra: Any) -> None:
+        got = g.get("recorded", {"form": {}, "files": {}})
         seen.append({"method": request.method, "path": request.path, "status": response.status_code,
                      "headers": {k.lower(): v for k, v in request.headers.items()},
-                     "response_headers": {k.lower(): v for k, v in response.headers.items()},
-                     "form": form, "files": files})
+                     "response_headers": {k.lower(): v for k, v in response.headers.items()}, **got})
 
+    request_started.connect(started, server.app)
     request_finished.connect(finished, server.app)
     try:
         yield seen
     finally:
+        request_started.disconnect(started, server.app)
         request_finished.disconnect(finished, server.app)
 
 
