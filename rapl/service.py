@@ -22,7 +22,7 @@ import numpy as np
 from .errors import Invalid, Unsupported
 from .params import AudioRequest
 from .pipeline import run
-from .recording import Recording
+from .recording import SILENT_PEAK, Recording
 from .speakers import SpeakerError
 from .transcription import Segment, Transcription
 from .vad import RATE, Chunk
@@ -30,7 +30,6 @@ from .vocabulary import Vocabulary
 from .worker import ModelWorker
 
 log = logging.getLogger(__name__)
-SILENT_PEAK = 1e-3  # -60 dBFS: a clip that never gets louder holds no speech
 OnSegment = Callable[[Segment], None]
 
 

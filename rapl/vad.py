@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .recording import PAGE, Recording
+from .recording import PAGE, SAMPLE_RATE, Recording
 from .settings import Settings
 from .transcription import VadOptions
 
 log = logging.getLogger(__name__)
 
-RATE = 16000
+RATE = SAMPLE_RATE  # the one sample rate (rapl.recording)
 _WINDOW = 512  # samples Silero judges at a time
 _CONTEXT = 64  # samples of the window before that it sees too
 _BATCH_PAGES = 2  # pages (4 s) per Silero call: its buffers stay a few MB

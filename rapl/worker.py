@@ -15,6 +15,7 @@ from .backends import Backend, Capabilities, public_name
 from .errors import APIError, Busy, ClientGone, RaplError, TimedOut, Unavailable
 from .pipeline import check_options
 from .settings import Settings
+from .store import looks_like_path
 from .transcription import Options
 from .vad import Segmenter
 
@@ -29,13 +30,13 @@ def failure_message(backend: Backend, exc: BaseException) -> str:
     """What failed and how to fix it, in words a user can act on (the library's detail comes after)."""
     model = backend.model
     path = Path(model).expanduser()
-    if not path.is_dir() and (path.is_absolute() or model.startswith((".", "~"))):
+    if not path.is_dir() and looks_like_path(model):
         return (f"The {backend.name} model {model} could not be loaded: there is no such directory. Fix: set "
                 f"LOCAL_MODEL to a model directory for BACKEND={backend.name}, or to a {backend.hub} model id.")
     if path.is_dir():
         return (f"The {backend.name} model in {model} could not be loaded. Fix: check that LOCAL_MODEL points at a "
                 f"complete model directory for BACKEND={backend.name}.")
-    hub = getattr(backend, "hub", "its model hub")
+    hub = backend.hub
     fix = ("Fix: set LOCAL_MODEL to a local model directory, or start RAPL once with internet access so the "
            "model is cached (`python -m rapl models` lists what is cached).")
     if _looks_offline(exc):

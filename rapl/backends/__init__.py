@@ -99,7 +99,9 @@ def warm_up_noise(seconds: float = 1.0) -> np.ndarray:
     """Quiet noise to run a freshly loaded model once, so the first request pays no set-up."""
     import numpy as np
 
-    return np.random.default_rng(0).normal(0.0, 1e-3, int(seconds * 16000)).astype(np.float32)
+    from ..recording import SAMPLE_RATE
+
+    return np.random.default_rng(0).normal(0.0, 1e-3, int(seconds * SAMPLE_RATE)).astype(np.float32)
 
 
 def free_memory() -> None:

@@ -33,13 +33,13 @@ import numpy as np
 from .. import languages as langs
 from .. import richtext, store
 from ..errors import Unsupported
+from ..recording import SAMPLE_RATE
 from ..settings import Settings, SettingsError
 from ..transcription import Options, Segment, Word
 from . import SPECS, Capabilities, warm_up_noise
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 TOKENS_PER_SECOND = 10  # generation limit per second of audio (see the module docstring)
 TOKEN_ALLOWANCE = 32  # plus this many: a language prefix, and room on very short clips
 WARMUP_SECONDS = 1.0

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .. import richtext, store
+from ..recording import SAMPLE_RATE
 from ..settings import Settings
 from ..text import join_text
 from ..transcription import Options, Segment
@@ -27,7 +28,6 @@ from .funasr_results import HAN, result_language, timed_words
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 PUNC_MODEL = "iic/punc_ct-transformer_cn-en-common-vocab471067-large"  # FunASR's "ct-punc"
 MAX_HOTWORDS = 50
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import store
+from ..recording import SAMPLE_RATE
 from ..settings import Settings
 from ..transcription import Options, Segment, TokenLogprob, Word
 from . import SPECS, Capabilities, cpu_threads, warm_up_noise
@@ -91,7 +92,7 @@ class WhisperBackend:
         tokens = [t for t in segment.tokens if t < tokenizer.eot]  # text, not timestamps
         if not tokens:
             return segment
-        start = int(segment.start * 16000)
+        start = int(segment.start * SAMPLE_RATE)
         features = model.feature_extractor(audio[start:start + model.feature_extractor.n_samples])
         frames = min(features.shape[-1], model.feature_extractor.nb_max_frames)
         encoded = model.encode(pad_or_trim(features))
