@@ -161,14 +161,6 @@ def check_backend(report: Report, settings: Settings) -> bool:
     return True
 
 
-def _reachable(host: str, port: int = 443, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def check_model(report: Report, settings: Settings) -> None:
     """The model is a local directory, or cached, or its hub can be reached for the first start."""
     spec = SPECS[settings.BACKEND]
@@ -195,21 +187,40 @@ def check_model(report: Report, settings: Settings) -> None:
         report.ok("model", f"{model_id} ({setting}) is in the {found.source} ({found.path}, "
                   f"{store.human_size(found.size)})")
         return
-    host = spec.hub_host
-    huggingface = spec.hub == store.HUGGING_FACE
-    if huggingface and os.environ.get("HF_ENDPOINT"):
-        host = os.environ["HF_ENDPOINT"].split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-    offline = huggingface and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    proxied = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
     offline_fix = ("to work offline, download it on a connected machine and copy the model directory here, "
                    "then point LOCAL_MODEL at that local directory")
     message = (f"{model_id} ({setting}) is not in the local cache: the server downloads it from {spec.hub} "
                "on first start")
-    if offline or (not proxied and not _reachable(host)):
-        why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached from this machine"
+    why = store.unreachable(spec)
+    if why:
         report.fail("model", f"{message}, but {why}", offline_fix)
     else:
-        report.warn("model", f"{message} (needs {host})", offline_fix)
+        report.warn("model", f"{message} (needs {store.hub_host(spec)})", offline_fix)
+
+
+def running_rapl(host: str, port: int, timeout: float = 3.0) -> str:
+    """What a RAPL already listening on ``host``:``port`` says of itself ("whisper model tiny.en, ready"),
+    or "" when what listens there is not RAPL (or does not answer)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    connect = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    url = f"http://{f'[{connect}]' if ':' in connect else connect}:{port}/health"
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+        with opener.open(url, timeout=timeout) as resp:
+            server, body = resp.headers.get("Server", ""), json.loads(resp.read(65536))
+    except urllib.error.HTTPError as exc:  # 503 while loading or after a failed load: still RAPL
+        try:
+            server, body = exc.headers.get("Server", ""), json.loads(exc.read(65536))
+        except ValueError:
+            return ""
+    except (OSError, ValueError):
+        return ""
+    if not server.startswith("rapl") or not isinstance(body, dict) or "backend" not in body:
+        return ""
+    return f"{body.get('backend')} model {body.get('model')}, {body.get('status')}"
 
 
 def check_port(report: Report, settings: Settings) -> None:
@@ -229,7 +240,12 @@ def check_port(report: Report, settings: Settings) -> None:
         try:
             sock.bind(address)
         except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, 10048):
+            running = exc.errno in (errno.EADDRINUSE, 10048) and running_rapl(host, port)
+            if running:
+                report.ok("port", f"RAPL already serves at {where} ({running}): these settings are in use")
+                report.info("port", "to start another RAPL beside it, set PORT to a free port "
+                            f"(for example PORT={free_port(host)})")
+            elif exc.errno in (errno.EADDRINUSE, 10048):
                 report.fail("port", f"{where} is already in use (another RAPL, or another program, listens "
                             "there)", f"stop that program, or set PORT to a free port (for example "
                             f"PORT={free_port(host)}) in .env or the environment")

@@ -13,6 +13,7 @@ import errno
 import logging
 import math
 import os
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,8 +97,32 @@ def locate(spec: BackendSpec, model: str, *, download: Download | None = None, c
         logger.info("using the cached copy of %s from the %s at %s (no network)", model_id, found.source,
                     found.path)
         return Path(found.path)
+    blocked = unreachable(spec)
+    if blocked:  # fail in a moment, not after the hub library's retries (a first start offline)
+        raise ConnectionError(f"{model_id} cannot be downloaded: {blocked}")
     logger.info("downloading %s from %s (first use)", model_id, spec.hub)
     return Path((download or _hub_download(spec.hub))(model_id))
+
+
+def hub_host(spec: BackendSpec) -> str:
+    """The host a download from ``spec``'s hub goes to (HF_ENDPOINT's, where set)."""
+    if spec.hub == HUGGING_FACE and os.environ.get("HF_ENDPOINT"):
+        return os.environ["HF_ENDPOINT"].split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    return spec.hub_host
+
+
+def unreachable(spec: BackendSpec, timeout: float = 3.0) -> str:
+    """Why a download from ``spec``'s hub cannot work now, or "" when it may (a proxy is not probed)."""
+    if spec.hub == HUGGING_FACE and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return ""
+    host = hub_host(spec)
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return ""
+    except OSError:
+        return f"{host} cannot be reached from this machine"
 
 
 def _in_cache(spec: BackendSpec, model_id: str, complete: Complete | None) -> CachedModel | None:

@@ -247,7 +247,8 @@ class ModelWorker:
         languages = self.capabilities.languages
         body["languages"] = sorted(languages) if languages is not None else None  # None: any
         if self.state == "failed" or self.error:
-            body["error"] = f"{self.problem} Detail: {self.error}" if self.problem else self.error
+            body["error"] = self.problem or self.error  # what failed and the fix, in words a user can act on
+            body["detail"] = self.error  # the library's own words, for a bug report
         return body
 
     def shutdown(self) -> None:

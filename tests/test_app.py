@@ -39,6 +39,31 @@ def test_offline_first_start_says_what_failed_then_the_fix(serve, jfk: Path) -> 
     assert health.json()["error"].startswith("The whisper model rapl-test/no-such-model is not cached here")
 
 
+@pytest.mark.slow
+def test_the_offline_default_fails_at_once_with_one_probe_of_its_hub(serve, jfk: Path, tmp_path: Path,  # noqa: ANN001
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default (SenseVoice from ModelScope) on a first start offline: the hub's host is probed once and the
+    503 comes at once, not after the hub library's retries (22 s before); /health and the page get the words a
+    user can act on as ``error``, the library's as ``detail``."""
+    pytest.importorskip("funasr", reason="pip install funasr (the sensevoice backend)")
+    from support.net import network_blocked
+
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "empty-modelscope-cache"))
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with network_blocked() as attempts:
+        server: Server = serve({})  # BACKEND and LOCAL_MODEL as a fresh clone has them
+        with server.http() as http:
+            resp = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", jfk.read_bytes())})
+            health = http.get("/health").json()
+    assert server.worker.backend.name == "sensevoice" and server.worker.state == "failed"
+    assert attempts == [("getaddrinfo", "www.modelscope.cn", 443)]  # the probe alone: no download was tried
+    assert resp.status_code == 503 and resp.json()["error"]["code"] == "model_unavailable"
+    assert health["error"].startswith("The sensevoice model iic/SenseVoiceSmall is not cached here and could "
+                                      "not be downloaded from ModelScope. Fix:")
+    assert "Detail:" not in health["error"] and "ConnectionError" in health["detail"]
+
+
 def test_a_model_that_failed_to_load_is_tried_again_after_its_back_off(fake_serve, tmp_path: Path) -> None:  # noqa: ANN001
     import time
 

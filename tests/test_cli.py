@@ -278,3 +278,35 @@ def test_check_and_serve_give_the_same_mlx_advice(tmp_path: Path) -> None:
     assert install_command() in check.stdout, check.stdout
     assert install_command() in serve.stderr, serve.stderr
     assert "BACKEND=whisper" not in check.stdout  # no contradicting advice
+
+
+def test_check_reports_the_users_own_running_rapl_as_in_use_not_as_a_failure(whisper_model: str) -> None:
+    """`rapl check` beside a running RAPL on the same settings: the port is RAPL's, which is no failure."""
+    port = free_port()
+    settings = {"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=environment(**settings))
+    try:
+        wait_healthy(proc, f"http://127.0.0.1:{port}")
+        check = rapl("check", timeout=120, **settings)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert check.returncode == 0, check.stdout
+    assert f"ok    port: RAPL already serves at 127.0.0.1:{port} (whisper model " in check.stdout
+    assert "FAIL" not in check.stdout and "All checks passed" in check.stdout
+
+
+def test_check_still_fails_on_a_port_taken_by_another_http_server(whisper_model: str) -> None:
+    """Something that answers HTTP but is not RAPL is still another program on the port."""
+    import http.server
+    import threading
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        check = rapl("check", BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(other.server_port), timeout=120)
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert check.returncode == 1 and f"FAIL  port: 127.0.0.1:{other.server_port} is already in use" in check.stdout

@@ -59,11 +59,17 @@ def test_wheel_installs_only_the_rapl_package(tmp_path: Path) -> None:
 def test_readme_quick_start_in_a_fresh_virtual_environment(tmp_path: Path, whisper_model: str, jfk: Path) -> None:
     """README's macOS/Linux command, run literally by bash in a copy of the repository, on the system Python.
 
-    Only the Linux CPU-torch step is stood in for: README's points at PyTorch's own index, which
-    this machine cannot reach, so torch comes from the CPU wheel the machine's pip already has.
+    README's Linux CPU-torch step runs first, as README orders it; only its index is stood in for:
+    README's points at PyTorch's own index, which this machine cannot reach, so torch comes from the
+    CPU wheel the machine's pip already has.
     """
-    command = readme_block("**Install and serve** — macOS and Linux", "sh")
-    assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt")
+    pytorch_index = " --index-url https://download.pytorch.org/whl/cpu"
+    cpu_torch = readme_block("NVIDIA GPU, first", "sh")
+    assert cpu_torch.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install torch")
+    assert cpu_torch.endswith(pytorch_index)
+    serve = readme_block("Then, on macOS and Linux alike", "sh")
+    assert serve.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt")
+    command = f"{cpu_torch.removesuffix(pytorch_index)} && {serve}"
     repo = working_tree_copy(tmp_path / "rapl")
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "python3").symlink_to(SYSTEM_PYTHON)  # `python3` is the system's, as on a fresh machine
@@ -106,3 +112,21 @@ def _wait_for_health(port: int, proc: subprocess.Popen[str], deadline: float) ->
             return status
         time.sleep(1)
     return status
+
+
+def test_readme_python_example_prints_the_transcript_and_the_stream(whisper_server, jfk: Path,  # noqa: ANN001
+                                                                     tmp_path: Path) -> None:
+    """README's Python block, run as written with the official SDK (only the URL and the file are ours):
+    both the verbose_json answer and the streamed words reach the terminal."""
+    from support.speech import ffmpeg
+
+    code = readme_block("### Python (official `openai` SDK)", "python")
+    assert 'base_url="http://127.0.0.1:8000/v1"' in code and code.count('"meeting.m4a"') == 2
+    ffmpeg(jfk, tmp_path / "meeting.m4a", "-c:a", "aac", "-b:a", "64k")
+    script = tmp_path / "example.py"
+    script.write_text(code.replace("http://127.0.0.1:8000/v1", f"{whisper_server.url}/v1"))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    answer, streamed = proc.stdout.split("\n", 1)
+    assert wer(JFK_TEXT, answer.split(" english [", 1)[0]) <= 0.10, proc.stdout  # text, language, segments
+    assert wer(JFK_TEXT, streamed) <= 0.10, proc.stdout  # the deltas, as they came

@@ -56,6 +56,28 @@ def refuse(model_id: str) -> str:
     raise AssertionError(f"downloaded {model_id} although it is on disk")
 
 
+REAL_UNREACHABLE = store.unreachable
+
+
+@pytest.fixture(autouse=True)
+def hub_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The downloads here are stand-ins, so the hubs count as reachable (the network is blocked)."""
+    monkeypatch.setattr(store, "unreachable", lambda spec, timeout=3.0: "")
+
+
+def test_an_unreachable_hub_fails_at_once_without_the_hub_librarys_retries(hf_cache: Path, tmp_path: Path, offline,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first start offline: one quick probe of the hub's host, then the error (not 20 s of retries)."""
+    monkeypatch.setattr(store, "unreachable", REAL_UNREACHABLE)
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    download = Downloads(tmp_path / "downloaded")
+    with pytest.raises(ConnectionError, match="huggingface.co cannot be reached from this machine"):
+        store.locate(WHISPER, "Systran/faster-whisper-base", download=download)
+    assert download.asked == [] and offline == [("getaddrinfo", "huggingface.co", 443)]  # probed, refused
+    offline.clear()  # that probe was this test's own: the module's check stays for every other test
+
+
 # -- one model --------------------------------------------------------------------------------
 
 
@@ -253,3 +275,19 @@ def test_whisper_loads_a_short_name_from_the_hf_cache_offline(hf_cache: Path, wh
     assert backend.load().languages == frozenset({"en"})  # tiny.en, loaded from the cache with no network
     assert "using the cached copy of Systran/faster-whisper-tiny.en from the Hugging Face cache" in caplog.text
     backend.unload()
+
+
+def test_local_models_are_named_by_their_last_meaningful_folder(tmp_path: Path) -> None:
+    """Clients, /health and the page see a name that says which model it is, never a server path."""
+    from rapl.backends import public_name
+
+    named = tmp_path / "whisper-tiny.en" / "model"
+    snapshot = tmp_path / "hub" / "models--Systran--faster-whisper-tiny" / "snapshots" / ("0123abcd" * 5)
+    for folder in (named, snapshot, tmp_path / "SenseVoiceSmall"):
+        folder.mkdir(parents=True)
+    assert public_name(str(named)) == "whisper-tiny.en"  # not "model" ("the whisper model model")
+    assert public_name(str(named / "..")) == "whisper-tiny.en"
+    assert public_name(str(snapshot)) == "Systran/faster-whisper-tiny"
+    assert public_name(str(tmp_path / "SenseVoiceSmall")) == "SenseVoiceSmall"
+    assert public_name("iic/SenseVoiceSmall") == "iic/SenseVoiceSmall"  # a hub id as it is
+    assert str(tmp_path) not in public_name(str(named))

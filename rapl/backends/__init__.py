@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,13 +82,29 @@ class Backend(Protocol):
         """
 
 
-def public_name(model: str) -> str:
-    """The model's name as clients see it: a hub id as is, a local directory by its folder name.
+# Folder names that say nothing about the model: a directory called so is named by its parent.
+_GENERIC_FOLDERS = frozenset({"model", "models", "checkpoint", "checkpoints", "weights", "data", "files", "ct2",
+                              "snapshot", "snapshots", "main", "latest", "current", "export", "exported"})
+_HASH = re.compile(r"^[0-9a-f]{16,64}$")  # a hub cache's snapshot folder (a commit hash)
 
-    The server's own paths never leave it (in /v1/models, /health or headers).
+
+def public_name(model: str) -> str:
+    """The model's name as clients see it: a hub id as is, a local directory by its last meaningful part.
+
+    ``.../whisper-tiny.en/model`` is ``whisper-tiny.en``, a Hugging Face cache snapshot
+    (``models--Org--name/snapshots/<hash>``) is ``Org/name``. The server's own paths never leave
+    it (in /v1/models, /health or headers).
     """
     path = Path(model).expanduser()
-    return path.name or model if path.is_absolute() or path.is_dir() else model
+    if not (path.is_absolute() or path.is_dir()):
+        return model
+    path = Path(os.path.normpath(path))
+    for part in reversed(path.parts[1:] if path.anchor else path.parts):
+        if part.startswith("models--") and part.count("--") >= 2:
+            return part[len("models--"):].replace("--", "/", 1)
+        if part != ".." and part.lower() not in _GENERIC_FOLDERS and not _HASH.match(part.lower()):
+            return part
+    return path.name or model
 
 
 def cpu_threads(settings: Settings) -> int:

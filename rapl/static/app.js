@@ -139,8 +139,9 @@
     el.healthModel.textContent = shortModel(body.model || "");
     el.healthModel.title = body.model || "";
     el.health.title = body.error ? `Error: ${body.error}` : "";
-    el.healthError.hidden = !body.error;  // in view, not only on hover
-    el.healthError.textContent = body.error ? `The model could not be loaded: ${body.error}` : "";
+    el.healthError.hidden = !body.error;  // in view, not only on hover; the library's words only on hover
+    el.healthError.textContent = body.error ? `The model could not be loaded. ${body.error}` : "";
+    el.healthError.title = body.detail ? `Detail: ${body.detail}` : "";
     if (Array.isArray(body.languages)) offerLanguages(body.languages);
     if (typeof body.queue_depth === "number") {
       el.healthQueue.hidden = false;
