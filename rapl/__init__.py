@@ -14,8 +14,10 @@ from typing import IO, Any
 from dotenv import dotenv_values
 from flask import Flask, Request, Response, g
 
-from . import auth, backends, cors, encoders, errors, metrics
+from . import auth, backends, cors, encoders, errors, hosts, metrics
 from .backends import Backend
+from .forms import MAX_FIELD_BYTES, FormParser
+from .recording import MemoryBudget
 from .service import Transcriber
 from .settings import SPEC, Settings
 from .speakers import Diarizer
@@ -27,7 +29,10 @@ log = logging.getLogger(__name__)
 
 
 class InMemoryRequest(Request):
-    """Keeps uploaded files in memory: no temporary files, whatever their size."""
+    """Keeps uploaded files in memory: no temporary files, whatever their size. A too-large form
+    field or too many parts raise rapl.forms' own 413s, which name the limit they broke."""
+
+    form_data_parser_class = FormParser
 
     def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
                          filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
@@ -51,12 +56,14 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend |
     app.request_class = InMemoryRequest
     app.config.update(RAPL_SETTINGS=settings, RAPL_STARTED=time.time(),
                       MAX_CONTENT_LENGTH=settings.MAX_UPLOAD_MB * 1024 * 1024,
-                      MAX_FORM_MEMORY_SIZE=1024 * 1024, JSON_SORT_KEYS=False)
+                      MAX_FORM_MEMORY_SIZE=MAX_FIELD_BYTES,  # a speaker reference's data URL fits
+                      JSON_SORT_KEYS=False)
     app.json.sort_keys = False
     app.json.ensure_ascii = False  # Chinese and other scripts as UTF-8, not \uXXXX escapes
     errors.register(app)
     app.after_request(_common_headers)
     cors.register(app, settings.CORS_ORIGINS)
+    hosts.register(app, settings.ALLOWED_HOSTS, settings.HOST)  # after cors: its check runs first
     auth.register(app, settings.API_KEY)
     _warn_if_exposed(settings)
     from .api import bp as api_bp
@@ -66,6 +73,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend |
     app.register_blueprint(web_bp)
     worker = ModelWorker(backend or backends.create(settings), settings)
     app.extensions["rapl"] = worker
+    app.extensions["rapl.decode_budget"] = MemoryBudget(settings.decode_memory)  # every request's decoded audio
     info = {"backend": worker.backend.name, "model": backends.public_name(worker.backend.model)}
     app_metrics = metrics.Metrics(queue_depth=lambda: worker.queue_depth,
                                   model_loaded=lambda: worker.state == "ready", info=info)
@@ -113,16 +121,27 @@ def _warn_if_exposed(settings: Settings) -> None:
                     "it can use it. Set API_KEY, or keep HOST=127.0.0.1.", settings.HOST)
 
 
-class _EscapingFormatter(logging.Formatter):
-    """Writes control characters in messages escaped, so client text cannot forge log lines."""
-
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
-        """The message with CR, LF and other control characters written as escapes."""
-        line = super().formatMessage(record)
-        return line.translate(_ESCAPES) if not line.isprintable() else line
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(32), 127]}
+class _EscapingFilter(logging.Filter):
+    """On a handler: control characters in each record's message written as escapes, so client text
+    cannot forge log lines, whichever formatter then writes it (tracebacks keep their lines)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Escape the message in place; never drops a record."""
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: the handler reports it as logging does
+            return True
+        if not message.isprintable():
+            record.msg, record.args = message.translate(_ESCAPES), ()
+        return True
+
+
+# C0 and C1 control characters (CR, LF, NEL, ESC...), DEL and the Unicode line and paragraph separators.
+_ESCAPES = {code: f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}"
+            for code in [*range(32), *range(127, 160), 0x2028, 0x2029]}
 
 
 def environment(env_file: str | None) -> dict[str, str]:
@@ -142,13 +161,26 @@ def use_env_file(env_file: str | None) -> None:
 
 
 def configure_logging(level: str) -> None:
-    """Log to stderr with control characters escaped (entry points call this, not create_app)."""
+    """Log to stderr with timestamps, control characters escaped (entry points call this, not create_app).
+
+    Under `waitress-serve`, waitress's serve() has already called ``logging.basicConfig()``: its bare
+    handler gets RAPL's format too, so waitress's own lines are timestamped. A handler with a format
+    of its own keeps it, but escapes client text as well.
+    """
     root = logging.getLogger()
     if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(_EscapingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+        root.addHandler(logging.StreamHandler())
+    for handler in root.handlers:
+        if _bare(handler.formatter):
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        if not any(isinstance(f, _EscapingFilter) for f in handler.filters):
+            handler.addFilter(_EscapingFilter())
     logging.getLogger("rapl").setLevel(level)
+
+
+def _bare(formatter: logging.Formatter | None) -> bool:
+    """No format chosen: logging's default, or the one ``logging.basicConfig()`` sets."""
+    return formatter is None or getattr(formatter, "_fmt", None) in (None, "%(message)s", logging.BASIC_FORMAT)
 
 
 def create_app_or_exit() -> Flask:

@@ -16,8 +16,8 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import audio, formats, openapi, params, request_id
 from .backends import public_name
-from .errors import APIError, RaplError, as_api, status_of
-from .recording import duration
+from .errors import APIError, Overloaded, RaplError, as_api, status_of
+from .recording import MemoryBudget, Recording, duration
 from .service import Job, Transcriber
 from .speakers import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS
 from .text import join_text
@@ -43,6 +43,11 @@ def transcriber() -> Transcriber:
     return current_app.extensions["rapl.service"]
 
 
+def decode_budget() -> MemoryBudget:
+    """The app's budget for decoded audio, shared by every request (DECODE_MEMORY_MB)."""
+    return current_app.extensions["rapl.decode_budget"]
+
+
 def _upload() -> IO[bytes]:
     if not (request.mimetype or "").startswith("multipart/form-data"):
         raise APIError("Send the audio as multipart/form-data with a 'file' field.", 400,
@@ -65,33 +70,51 @@ def _handle(task: str) -> Response:
     work.check_room()  # a full queue answers 429 before the upload is decoded
     known = _known_speakers(req, settings.MAX_AUDIO_SECONDS)
     audio.release(request.environ.get("wsgi.input"))  # the form is parsed: the raw body is not needed
-    pcm = audio.decode_recording(upload, settings.MAX_AUDIO_SECONDS)  # paged: silence is not stored
-    audio.release(upload)  # decoded: a waiting request holds its audio, not its upload too
-    stats.update(audio=duration(pcm), decode=time.perf_counter() - started)
-    work.ensure_loaded()  # requests that arrive while the model loads wait for it
-    req = service.prepare(req)
-    connected = request.environ.get("waitress.client_disconnected")
-    job = Job(pcm, req, label=stats["id"], known=known, stats=stats,
-              is_connected=(lambda: not connected()) if callable(connected) else None)
-    headers = {"x-rapl-model": public_name(work.backend.model)}
-    if req.stream:
-        stats["stream"] = True
-        return _streaming(lambda on_segment: service.start(job, on_segment), req, headers, stats)
-    result = service.start(job).result()
+    # paged (silence is not stored) and charged to the server's budget until the request is done with it
+    pcm = audio.decode_recording(upload, settings.MAX_AUDIO_SECONDS, decode_budget())
+    handed_over = False  # to a stream, which releases the audio when its transcription ends
+    try:
+        audio.release(upload)  # decoded: a waiting request holds its audio, not its upload too
+        stats.update(audio=duration(pcm), decode=time.perf_counter() - started)
+        work.ensure_loaded()  # requests that arrive while the model loads wait for it
+        req = service.prepare(req)
+        connected = request.environ.get("waitress.client_disconnected")
+        job = Job(pcm, req, label=stats["id"], known=known, stats=stats,
+                  is_connected=(lambda: not connected()) if callable(connected) else None)
+        headers = {"x-rapl-model": public_name(work.backend.model)}
+        if req.stream:
+            stats["stream"] = True
+            response = _streaming(lambda on_segment: _released_when_done(service.start(job, on_segment), pcm),
+                                  req, headers, stats)
+            handed_over = True
+            return response
+        result = service.start(job).result()
+    finally:
+        if not handed_over:
+            pcm.release()
     headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
     headers["Server-Timing"] = server_timing(stats)
     return _respond(result, req, headers)
+
+
+def _released_when_done(future: Future[Transcription], recording: Recording) -> Future[Transcription]:
+    """``future``, which gives ``recording``'s charge back to the budget when its transcription ends."""
+    future.add_done_callback(lambda _: recording.release())
+    return future
 
 
 def _known_speakers(req: params.AudioRequest, max_seconds: float) -> dict[str, np.ndarray]:
     """The known speakers' reference clips, decoded: 2 to 10 s of audio each (400 otherwise)."""
     known = {}
     for name, data in req.known_speakers:
-        try:
-            clip = audio.decode_recording(io.BytesIO(data), min(max_seconds, 60))
+        try:  # charged to the server's budget while it is decoded, like an upload
+            clip = audio.decode_recording(io.BytesIO(data), min(max_seconds, 60), decode_budget())
+        except Overloaded:
+            raise
         except RaplError as exc:
             raise APIError(f"The reference clip of {name!r} could not be used: {exc.message}", 400,
                            param="known_speaker_references", code="invalid_value") from None
+        clip.release()  # copied below: at most 10 s, 640 KB
         seconds = duration(clip)
         if not MIN_REFERENCE_SECONDS <= seconds <= MAX_REFERENCE_SECONDS:
             raise APIError(f"The reference clip of {name!r} is {seconds:.1f} s long: give {MIN_REFERENCE_SECONDS:g} "

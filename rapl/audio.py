@@ -9,7 +9,10 @@ rapl.ffmpeg: a format allow-list, no protocol at all, and a budget of work.
 Limits hold while decoding, on what was actually decoded: MAX_AUDIO_SECONDS stops the
 decoder as it is reached (a header's length is never trusted). Decoded audio lands in a
 sink of rapl.recording: a dense array (``decode``) or pages (``decode_recording``), where a
-page quieter than -60 dBFS is not stored at all, so hours of silence cost decode time only.
+page quieter than -60 dBFS is not stored at all, so hours of silence cost decode time only
+(nor is a constant or steady signal: rapl.recording). Resampling goes through
+recording.Resampler: every block's output is bounded, whatever the sample rate, and checked
+against the limit before it is made; rates under MIN_SAMPLE_RATE are refused at once.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 
 from .errors import BadAudio
 from .ffmpeg import decode_cli, decode_pyav
-from .recording import SAMPLE_RATE, Dense, Recording, Sink
+from .recording import OUT_BLOCK, SAMPLE_RATE, Dense, MemoryBudget, Recording, Resampler, Sink, check_rate
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +45,19 @@ def decode(source: bytes | IO[bytes], max_seconds: float = float("inf")) -> np.n
     return sink.result()
 
 
-def decode_recording(source: bytes | IO[bytes], max_seconds: float = float("inf")) -> Recording:
+def decode_recording(source: bytes | IO[bytes], max_seconds: float = float("inf"),
+                     budget: MemoryBudget | None = None) -> Recording:
     """Decode ``source`` like ``decode``, into a paged Recording: silence costs no memory.
 
-    Peak memory is the decoded audio once (as stored pages), plus a few buffers of a second.
+    Peak memory is the decoded audio once (as stored pages, charged to ``budget`` until the
+    caller calls ``release``), plus a few buffers of a second. A failed decode gives its charge back.
     """
-    recording = Recording(max_seconds)
-    decode_into(source, recording)
+    recording = Recording(max_seconds, budget)
+    try:
+        decode_into(source, recording)
+    except BaseException:
+        recording.release()
+        raise
     recording.close()
     return recording
 
@@ -94,24 +103,25 @@ def _decode_soundfile(data: IO[bytes], sink: Sink) -> bool:
         with sf.SoundFile(data) as f:
             if f.frames >= _SF_UNKNOWN_FRAMES:  # a length the header does not know (FLAC from a pipe): PyAV reads it
                 return False
-            resampler = None
-            if f.samplerate != SAMPLE_RATE:
-                import soxr
-
-                resampler = soxr.ResampleStream(f.samplerate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-            buffer = np.empty((max(1 << 12, (1 << 17) // max(f.channels, 1)), f.channels), dtype=np.float32)
+            check_rate(f.samplerate)  # a 1 Hz header is refused here, not handed to PyAV
+            resampler = Resampler(f.samplerate, sink)
+            buffer = np.empty((_block_frames(f.samplerate, f.channels), f.channels), dtype=np.float32)
             while True:
                 block = f.read(out=buffer)  # one buffer for the whole file
                 if not len(block):
                     break
-                mono = block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32)
-                sink.write(resampler.resample_chunk(mono) if resampler else mono)
-            if resampler is not None:
-                sink.write(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+                resampler.write(block[:, 0] if block.shape[1] == 1 else block.mean(axis=1, dtype=np.float32))
+            resampler.write(np.zeros(0, dtype=np.float32), last=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         log.debug("soundfile could not read the upload (%s); trying PyAV", exc)
         return False
     return len(sink) > 0
+
+
+def _block_frames(rate: int, channels: int) -> int:
+    """Frames per read: at most 128 K samples of input and OUT_BLOCK samples of output (at 16 kHz)."""
+    by_input = max(1 << 12, (1 << 17) // max(channels, 1))
+    return max(1, min(by_input, -(-OUT_BLOCK * rate // SAMPLE_RATE)))
 
 
 def release(*streams: Any) -> None:

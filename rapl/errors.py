@@ -8,6 +8,8 @@ from concurrent.futures import CancelledError
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .forms import MAX_REFERENCE_BYTES, FieldTooLarge, TooManyParts
+
 log = logging.getLogger(__name__)
 
 _TYPES = {401: "invalid_request_error", 429: "rate_limit_exceeded", 500: "server_error",
@@ -89,8 +91,13 @@ class Unavailable(RaplError):
     """No model to run on: it could not be loaded, or the server is stopping."""
 
 
+class Overloaded(RaplError):
+    """The server holds as much decoded audio as DECODE_MEMORY_MB allows; retry shortly."""
+
+
 STATUS: dict[type[RaplError], int] = {BadAudio: 400, TooLong: 413, Invalid: 400, Unsupported: 400, Busy: 429,
-                                      TimedOut: 504, ClientGone: 499, Unavailable: 503}
+                                      TimedOut: 504, ClientGone: 499, Unavailable: 503,
+                                      Overloaded: 503}
 
 
 def as_api(exc: RaplError) -> APIError:
@@ -113,11 +120,28 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "request_too_large", 415: "unsupported_media_type"}
 
 
+def _too_large(exc: HTTPException) -> APIError:
+    """The 413 for the limit really exceeded: one form field, the number of parts, or the whole body."""
+    if isinstance(exc, FieldTooLarge):
+        field = exc.field.removesuffix("[]") if exc.field else None
+        limit = f"{exc.limit / 2**20:.1f} MB"
+        if field == "known_speaker_references":
+            message = (f"A known_speaker_references entry is larger than {limit}: a reference clip may have at "
+                       f"most {MAX_REFERENCE_BYTES // 2**20} MB ({limit} as a data URL).")
+        else:
+            what = f"The form field {field!r}" if field else "A form field"
+            message = f"{what} is larger than the {limit} one form field may hold."
+        return APIError(message, 413, param=field, code="request_too_large")
+    if isinstance(exc, TooManyParts):
+        return APIError(f"The form has more than {exc.limit} parts.", 413, code="request_too_large")
+    return APIError("The upload is larger than this server accepts (MAX_UPLOAD_MB).", 413, param="file",
+                    code="request_too_large")
+
+
 def _from_http(exc: HTTPException) -> APIError:
     status = exc.code or 500
     if status == 413:
-        message = "The upload is larger than this server accepts (MAX_UPLOAD_MB)."
-        return APIError(message, 413, param="file", code="request_too_large")
+        return _too_large(exc)
     if status == 405:
         headers = {"Allow": ", ".join(exc.valid_methods or [])} if getattr(exc, "valid_methods", None) else {}
         return APIError(f"Method not allowed: {exc.description}", 405,

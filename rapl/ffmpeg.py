@@ -9,7 +9,9 @@ a socket or a URL named inside an upload. Both hold for PyAV and for the ``ffmpe
 The work FFmpeg may do is budgeted by the upload's size and the audio it yields (see
 ``_Budget``), so a small file of tiny packets is refused at once; the CLI, which has no
 packet counter, gets a deadline instead. PyAV's frames are downmixed and resampled (soxr)
-in batches, not one by one.
+in batches, not one by one; a batch ends where its output would pass OUT_BLOCK samples, so
+no sample rate makes one cost more than a fraction of a MB, and rates under MIN_SAMPLE_RATE
+are refused at the first frame.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import IO, Any
 import numpy as np
 
 from .errors import BadAudio
-from .recording import SAMPLE_RATE, Sink
+from .recording import OUT_BLOCK, SAMPLE_RATE, Resampler, Sink
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ def decode_pyav(data: IO[bytes], sink: Sink, upload_bytes: int) -> bool:
 
 _INT_SCALE = {np.dtype(np.int16): 1 / 32768, np.dtype(np.int32): 1 / 2147483648}
 _SAMPLE_TYPES = {"flt": np.float32, "dbl": np.float64, "s16": np.int16, "s32": np.int32, "u8": np.uint8}
-_BATCH = 1 << 16  # source samples per batch: downmix and soxr run a few times per file, not per frame
+_BATCH = 1 << 16  # source samples per batch (fewer at low rates: OUT_BLOCK output), so soxr runs per batch
 
 
 def _as_float32(samples: np.ndarray) -> np.ndarray:
@@ -135,7 +137,8 @@ class _FrameBatcher:
     def __init__(self, out: Sink) -> None:
         self.out = out
         self.key: tuple[int, str, int] | None = None  # sample rate, sample format, channels
-        self.stream: Any = None
+        self.stream: Resampler | None = None
+        self.batch = _BATCH
         self.pending: list[list[np.ndarray]] = []
         self.count = 0
 
@@ -157,18 +160,16 @@ class _FrameBatcher:
         for pending, plane in zip(self.pending, planes, strict=False):
             pending.append(plane)
         self.count += frame.samples
-        if self.count >= _BATCH:
+        if self.count >= self.batch:
             self._push(last=False)
 
     def _start(self, key: tuple[int, str, int]) -> None:
-        import soxr
-
-        self.key = key
         rate, name, channels = key
+        self.stream = Resampler(rate, self.out)  # refuses a rate under MIN_SAMPLE_RATE (400)
+        self.key = key
+        self.batch = max(1, min(_BATCH, OUT_BLOCK * rate // SAMPLE_RATE))
         planar = name.endswith("p") and channels > 1
         self.pending = [[] for _ in range(channels if planar else 1)]
-        self.stream = None if rate == SAMPLE_RATE else soxr.ResampleStream(
-            rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
 
     def _push(self, last: bool) -> None:
         assert self.key is not None
@@ -185,7 +186,8 @@ class _FrameBatcher:
             mono = packed if channels == 1 else packed.reshape(-1, channels).mean(axis=1, dtype=np.float32)
         self.pending = [[] for _ in self.pending]
         self.count = 0
-        self.out.write(self.stream.resample_chunk(mono, last=last) if self.stream is not None else mono)
+        assert self.stream is not None
+        self.stream.write(mono, last=last)
 
     def flush(self) -> None:
         """Push what is queued and close the resampler stream."""

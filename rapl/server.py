@@ -11,14 +11,17 @@
 * detects clients that hang up while queued (``channel_request_lookahead``), accepts more
   connections than waitress's 100 and drops idle ones after 30 s, and keeps request bodies up to
   MAX_UPLOAD_MB in memory, so a full temporary folder cannot lose an upload;
+* closes connections whose request headers take longer than HEADER_TIMEOUT (:class:`Channel`), so
+  clients trickling bytes cannot hold every connection; uploads are never cut while bytes arrive;
 * stops gracefully on SIGINT (Ctrl+C), SIGTERM and, on Windows, SIGBREAK (Ctrl+Break): no new
-  connections, the running transcription finishes and its answer is sent, queued requests get 503.
-  A second signal while it waits stops at once.
+  connections, the running transcription finishes and its answer is sent, queued requests get 503;
+  waitress's threads end before any socket closes. A second signal while it waits stops at once.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import socket
@@ -28,6 +31,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from types import FrameType
 from typing import Any
+
+from waitress.channel import HTTPChannel
 
 from .settings import Settings, SettingsError
 
@@ -43,7 +48,9 @@ MAX_THREADS = 200
 SPARE_CONNECTIONS = 256
 CHANNEL_TIMEOUT = 30  # seconds a connection may send and receive nothing (between requests) before it is closed
 CLEANUP_INTERVAL = 5  # seconds between looks for such connections
+HEADER_TIMEOUT = 10  # seconds a request's headers may take: from the connection, or a kept-alive one's next first byte
 STOP_FLUSH_SECONDS = 5  # after the last job, how long answers still being sent may take
+STOP_GRACE_SECONDS = 1  # then, for waitress's threads to end once their connections are closed
 EXIT_CANNOT_LISTEN = 3  # the port is taken or not allowed (2 is an invalid setting)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -59,6 +66,46 @@ class ListenError(Exception):
 
 class _StopRequested(KeyboardInterrupt):
     """Raised by the signal handler; a KeyboardInterrupt so that waitress's loop lets it through."""
+
+
+class Channel(HTTPChannel):
+    """waitress's connection, closed when its request headers take longer than HEADER_TIMEOUT.
+
+    The clock starts at the connection, and on a kept-alive connection at the next request's first
+    byte (the idle time between requests is CHANNEL_TIMEOUT's); it stops once the headers are in, so
+    a slow upload is never cut while it keeps sending (one silent for CHANNEL_TIMEOUT is).
+    """
+
+    header_timeout: float = HEADER_TIMEOUT
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.headers_since: float | None = time.monotonic()  # None: not waiting for headers
+
+    def received(self, data: bytes) -> bool:
+        """waitress's parsing, then the header clock: started, kept, or stopped."""
+        before = self.request
+        result = super().received(data)
+        request = self.request
+        if request is None or request.headers_finished:
+            self.headers_since = None
+        elif self.headers_since is None or (before is not None and request is not before):
+            self.headers_since = time.monotonic()  # a new request's first bytes
+        return result
+
+    def readable(self) -> bool:
+        """waitress's answer; a connection whose headers are late is marked to close (the loop closes it)."""
+        if self.headers_late():
+            log.debug("closing the connection from %s: no request headers within %s s", self.addr,
+                      self.header_timeout)
+            self.will_close = True
+        return super().readable()
+
+    def headers_late(self) -> bool:
+        """Waiting for request headers (nothing served or sent meanwhile) for longer than header_timeout."""
+        since = self.headers_since
+        return (since is not None and not self.will_close and not self.requests and not self.total_outbufs_len
+                and time.monotonic() - since > self.header_timeout)
 
 
 def adjustments(settings: Settings) -> dict[str, Any]:
@@ -118,6 +165,18 @@ class Server:
         self._map: dict[int, Any] = self.waitress.map if multi else self.waitress._map
         self.addresses: list[tuple[str, Any]] = list(self.waitress.effective_listen) if multi else \
             [(self.waitress.effective_host, self.waitress.effective_port)]
+        self._listeners = self._own_listeners()
+
+    def _own_listeners(self) -> list[Any]:
+        """waitress's listening servers, made to accept RAPL's :class:`Channel` and to wake their loop
+        only while it can be woken (a thread finishing after the stop must not write to a closed pipe)."""
+        from waitress.server import BaseWSGIServer
+
+        listeners = [d for d in self._map.values() if isinstance(d, BaseWSGIServer)]
+        for listener in listeners:
+            listener.channel_class = Channel
+            listener.pull_trigger = functools.partial(_pull, listener.trigger)
+        return listeners
 
     @property
     def url(self) -> str:
@@ -190,13 +249,13 @@ class Server:
         raise _StopRequested
 
     def stop(self) -> None:
-        """Stop accepting, let the running job finish, send the answers being written, then close."""
-        from waitress import wasyncore
-        from waitress.server import BaseWSGIServer
+        """Stop accepting, let the running job finish, send the answers being written, then close.
 
-        print("RAPL stopping: finishing the running transcription", flush=True)
-        listeners = [d for d in self._map.values() if isinstance(d, BaseWSGIServer)]
-        for listener in listeners:
+        waitress's loop keeps running until its threads have ended: they write their last answers
+        and wake the loop through sockets and a pipe that must still be open.
+        """
+        print(self._stopping_line(), flush=True)
+        for listener in self._listeners:
             listener.accepting = False  # waitress's listeners stop taking connections
         done = threading.Event()
 
@@ -208,18 +267,49 @@ class Server:
                 done.set()
 
         threading.Thread(target=stop_worker, name="rapl-stop", daemon=True).start()
-        adj = self.waitress.adj
-        deadline = None
-        while True:  # keep sending: streamed output, the 503s of cancelled jobs, /health
-            if done.is_set():
-                deadline = deadline or time.monotonic() + STOP_FLUSH_SECONDS
-                if time.monotonic() >= deadline or not self._busy():
-                    break
-            wasyncore.loop(timeout=0.05, map=self._map, use_poll=adj.asyncore_use_poll, count=1)
-        for listener in listeners:
-            listener.close()
+        self._serve_until(done.is_set)  # meanwhile: streamed output, the 503s of cancelled jobs, /health
+        deadline = time.monotonic() + STOP_FLUSH_SECONDS
+        self._serve_until(lambda: not self._busy(), deadline)
+        self._hang_up(idle_only=True)  # no request starts from here on (only this thread reads them)
+        dispatcher = self.waitress.task_dispatcher
+        dispatcher.set_thread_count(0)  # each thread ends after the request it serves
+        self._serve_until(lambda: not dispatcher.threads, deadline)
+        self._hang_up()  # a thread still writing to a slow client gets ClientDisconnected and ends
+        self._serve_until(lambda: not dispatcher.threads, time.monotonic() + STOP_GRACE_SECONDS)
+        dispatcher.shutdown(cancel_pending=True, timeout=0)  # drops what is still queued
+        self._close()
+
+    def _stopping_line(self) -> str:
+        worker = self.worker
+        if worker is not None and worker.running:
+            return "RAPL stopping: finishing the running transcription"
+        if worker is not None and worker.loaded is not None and worker.state == "loading":
+            return "RAPL stopping: waiting for the model to finish loading"
+        return "RAPL stopping"
+
+    def _serve_until(self, condition: Callable[[], bool], deadline: float | None = None) -> None:
+        """Run waitress's loop in short steps until ``condition()`` holds or ``deadline`` (monotonic) passes."""
+        from waitress import wasyncore
+
+        use_poll = self.waitress.adj.asyncore_use_poll
+        while not condition() and (deadline is None or time.monotonic() < deadline):
+            wasyncore.loop(timeout=0.05, map=self._map, use_poll=use_poll, count=1)
+
+    def _hang_up(self, idle_only: bool = False) -> None:
+        """Close the client connections the way waitress does (threads waiting to write are woken);
+        ``idle_only``: those with no request being served and nothing left to send."""
+        for channel in [d for d in self._map.values() if isinstance(d, HTTPChannel)]:
+            if not idle_only or not (channel.requests or channel.total_outbufs_len):
+                channel.handle_close()
+
+    def _close(self) -> None:
+        """Close the listening sockets, the loop's wake-up pipes and whatever else is left."""
+        from waitress import wasyncore
+
+        for listener in self._listeners:
+            with listener.trigger.lock:  # not while a late thread is pulling it (see _pull)
+                listener.trigger.close()
         wasyncore.close_all(self._map, ignore_all=True)
-        self.waitress.task_dispatcher.shutdown(timeout=5)
 
     def _busy(self) -> bool:
         channels = [c for c in self._map.values() if hasattr(c, "total_outbufs_len")]
@@ -229,6 +319,15 @@ class Server:
 def make_server(app: Any, **given: Any) -> Server:
     """A :class:`Server` for a RAPL app from :func:`rapl.create_app`, on its settings' HOST:PORT."""
     return Server(app.config["RAPL_SETTINGS"], **given).attach(app)
+
+
+def _pull(trigger: Any, thunk: Callable[[], Any] | None = None) -> None:
+    """waitress's ``pull_trigger``, but nothing once the trigger is closed (after the stop)."""
+    with trigger.lock:
+        if thunk is not None:
+            trigger.thunks.append(thunk)
+        if not trigger._closed:
+            trigger._physical_pull()
 
 
 def _bracket(host: str) -> str:

@@ -7,6 +7,7 @@ and the ``overrides`` mapping given to :func:`rapl.create_app` (used by tests).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -14,15 +15,18 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .backends import SPECS
+from .hosts import normalize as _normalize_host
 
 BACKENDS = tuple(SPECS)  # one registry entry per backend (rapl.backends.SPECS)
 DEFAULT_MODELS = {name: spec.default_model for name, spec in SPECS.items()}
 RICH_MODES = ("plain", "emoji", "tags")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SPEAKER_MODELS = ("resemblyzer", "campplus", "pyannote")  # rapl.encoders.ENCODERS has the same keys
-# CORS_ORIGINS=local: pages on this machine (file:// and Electron windows send Origin: null).
-LOCAL_ORIGINS = ("null", "http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*",
+# CORS_ORIGINS=local: pages served on this machine. Not null (file:// pages and Electron windows,
+# but also sandboxed iframes on any website): CORS_ORIGINS=local,null opts in.
+LOCAL_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*",
                  "https://localhost:*", "https://127.0.0.1:*", "https://[::1]:*")
+_HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(:(\d{1,5}|\*))?$")
 
 
@@ -106,6 +110,29 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(origins))
 
 
+def _hosts(name: str, raw: str) -> tuple[str, ...]:
+    """Host names the server answers to besides localhost and HOST: a comma list of names and addresses, or *."""
+    hosts: list[str] = []
+    for item in (item.strip() for item in raw.split(",")):
+        if not item:
+            continue
+        host = _normalize_host(item)
+        if host != "*" and not (_is_address(host) or _HOST_NAME.match(host)):
+            raise SettingsError(f"{name}={raw!r} is invalid: {item!r} is not a host name or address; use *, or a "
+                                "comma list of names and addresses without scheme or port, such as "
+                                "192.168.1.5,mymac.local,rapl.example.com")
+        hosts.append(host)
+    return tuple(dict.fromkeys(hosts))
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 # name -> (default, parser, one-line description repeated in .env.example)
 SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
     "BACKEND": ("sensevoice", _choice(BACKENDS), f"Speech-to-text backend: {', '.join(BACKENDS[:-1])} or "
@@ -116,11 +143,15 @@ SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
     "PORT": ("8000", _int(1, 65535), "Port RAPL listens on (python -m rapl and waitress-serve wsgi:app)."),
     "API_KEY": ("", _text, "If set, the API needs 'Authorization: Bearer <key>' (open: /health, /openapi.json, "
                 "the web page / and /static/*)."),
-    "CORS_ORIGINS": ("local", _origins, "Web pages allowed to call the API: local (file:// and localhost pages), "
-                     "*, none, or a comma list of origins."),
+    "CORS_ORIGINS": ("local", _origins, "Web pages allowed to call the API (others get 403): local (localhost "
+                     "pages), null (file:// pages, Electron apps), *, none, or a comma list of these and origins."),
+    "ALLOWED_HOSTS": ("", _hosts, "Host names clients reach RAPL by besides localhost, HOST and IP addresses (LAN "
+                      "name, reverse proxy), comma-separated, or *; other names get 421."),
     "MAX_UPLOAD_MB": ("25", _int(1, 4096), "Largest accepted upload in megabytes (OpenAI's limit is 25)."),
     "MAX_AUDIO_SECONDS": ("14400", _int(1), "Longest accepted audio after decoding, in seconds."),
     "MAX_QUEUE": ("16", _int(1, 10000), "Requests allowed to wait for the model; more get 429."),
+    "DECODE_MEMORY_MB": ("0", _int(0, 1 << 20), "Decoded audio all requests together may hold, in MB; 0: room "
+                         "for two of MAX_AUDIO_SECONDS (64 KB a second: 1843 MB for 4 hours)."),
     "REQUEST_TIMEOUT": ("600", _int(1), "Seconds a request may wait in the queue before it gets 504."),
     "MODEL_RETRY_SECONDS": ("30", _int(1, 86400), "Seconds before a model that failed to load is tried again "
                             "(on the next request; doubles up to 10 minutes)."),
@@ -155,9 +186,11 @@ class Settings:
     PORT: int
     API_KEY: str
     CORS_ORIGINS: tuple[str, ...]
+    ALLOWED_HOSTS: tuple[str, ...]
     MAX_UPLOAD_MB: int
     MAX_AUDIO_SECONDS: int
     MAX_QUEUE: int
+    DECODE_MEMORY_MB: int
     REQUEST_TIMEOUT: int
     MODEL_RETRY_SECONDS: int
     MODEL_IDLE_UNLOAD: int
@@ -174,6 +207,11 @@ class Settings:
     REPLACEMENTS_FILE: str
     PROGRESS: bool
     LOG_LEVEL: str
+
+    @property
+    def decode_memory(self) -> int:
+        """Bytes of decoded audio the server may hold at once: DECODE_MEMORY_MB, or two longest recordings."""
+        return self.DECODE_MEMORY_MB * 1_000_000 or 2 * self.MAX_AUDIO_SECONDS * 64_000
 
     @property
     def model(self) -> str:

@@ -85,10 +85,9 @@ class Segmenter:
         second look) costs only the span search.
         """
         probs = speech_probs(audio)
+        pad = min(self.pad_ms * RATE // 1000, self.max_chunk // 4)  # speech fills at least half a chunk
         return _timestamps(probs, len(audio), threshold=self.threshold,
-                           min_silence=max(self.min_silence, RATE // 1000),
-                           max_speech=max(self.max_chunk - 2 * self.pad_ms * RATE // 1000, RATE),
-                           pad=self.pad_ms * RATE // 1000)
+                           min_silence=max(self.min_silence, RATE // 1000), max_speech=self.max_chunk, pad=pad)
 
     def _windows(self, total: int) -> list[Chunk]:
         """Fixed windows of MAX_CHUNK_SECONDS (VAD off); a tail under a second joins the window before."""
@@ -172,11 +171,17 @@ def _probabilities(recording: Recording) -> np.ndarray:
 def _timestamps(probs: np.ndarray, total: int, threshold: float, min_silence: int, max_speech: int,
                 pad: int) -> list[tuple[int, int]]:
     """Speech spans from window probabilities: faster-whisper's get_speech_timestamps, on probabilities
-    computed beforehand (all sizes in samples; ``max_speech`` is its max_speech_duration)."""
+    computed beforehand (all sizes in samples; ``max_speech`` is its max_speech_duration: the longest
+    span, its padding included).
+
+    The padding is taken off ``max_speech`` once, here, and at least a second of speech is left, so
+    however much padding a request asks for the spans stay a sensible length (padding taken off
+    twice made this negative past 7.5 s of it, cutting every 32 ms window into a span of its own).
+    """
     if not probs.size or float(probs.max()) < threshold:
         return []
     neg_threshold = max(threshold - 0.15, 0.01)
-    max_samples = max_speech - _WINDOW - 2 * pad
+    max_samples = max(max_speech - _WINDOW - 2 * pad, RATE)
     min_silence_at_max = RATE * 98 // 1000
     triggered = False
     speeches: list[list[int]] = []

@@ -263,7 +263,7 @@ def _raw(server: Server, payload: bytes, timeout: float = 30) -> tuple[int, byte
 
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-        sock.sendall(payload.replace(b"Host: x\r\n", b"Host: x\r\nConnection: close\r\n", 1))
+        sock.sendall(payload.replace(b"Host: x\r\n", b"Host: localhost\r\nConnection: close\r\n", 1))
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -484,8 +484,11 @@ def test_chunking_strategy_drives_the_vad_for_that_request(fake_server: Server, 
     """The shared server has VAD off; a request's chunking_strategy turns it on, with its own settings."""
     speech, _ = build_recording(spoken_sentences[:2], [1.0, 3.0])
     clip = wav_bytes(speech)
-    strict = '{"type": "server_vad", "threshold": 1.0}'  # nothing counts as speech
+    strict = '{"type": "server_vad", "threshold": 1.0}'  # OpenAI's range ends at 1: nothing counts as speech
     assert _post(fake_server, clip, response_format="verbose_json", chunking_strategy=strict).json()["text"] == ""
+    over = _post(fake_server, clip, response_format="verbose_json", chunking_strategy='{"type": "server_vad", '
+                 '"threshold": 1.01}')
+    assert over.status_code == 400 and "from 0 to 1" in over.json()["error"]["message"], over.text
     assert fake_server.backend.calls == []
     relaxed = _post(fake_server, clip, response_format="verbose_json",
                     **{"chunking_strategy[type]": "server_vad", "chunking_strategy[threshold]": "0.3",
@@ -592,6 +595,31 @@ def test_keywords_reach_whisper_hotwords(whisper_server: Server, jfk: Path, monk
     monkeypatch.setattr(model, "transcribe", lambda audio, **kw: calls.append(kw) or original(audio, **kw))
     resp = _post(whisper_server, jfk, **{"keywords[]": ["Kennedy", "inaugural"]})
     assert resp.status_code == 200 and calls[-1]["hotwords"] == "Kennedy inaugural"
+
+
+@pytest.mark.slow
+def test_a_hundred_long_keywords_fit_whispers_prompt_budget(whisper_server: Server, jfk: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """100 keywords of 100 characters (the most a request may send) and a long prompt: faster-whisper
+    took 223 tokens of each, leaving the transcript no room (20 s, a garbled text in 2 of 3 runs). What
+    reaches it now shares Whisper's 223 prompt tokens: the first keywords that fit half, the prompt's end
+    the rest; the transcript is JFK's."""
+    model = whisper_server.worker.backend._model
+    calls: list[dict[str, Any]] = []
+    original = model.transcribe
+    monkeypatch.setattr(model, "transcribe", lambda audio, **kw: calls.append(kw) or original(audio, **kw))
+    keywords = [(f"Term{i:03d} " + "Kennedy inaugural address Washington " * 3)[:100].strip() for i in range(100)]
+    prompt = "The speech that follows was given in January. " * 100 + "Ask not."
+    resp = _post(whisper_server, jfk, prompt=prompt, **{"keywords[]": keywords})
+    assert resp.status_code == 200, resp.text
+    hf = model.hf_tokenizer
+    tokens = lambda text: len(hf.encode(" " + text, add_special_tokens=False).ids)  # noqa: E731
+    hotwords, initial = calls[-1]["hotwords"], calls[-1]["initial_prompt"]
+    chosen = hotwords.split(" Term")
+    assert 1 <= len(chosen) < 100 and hotwords == " ".join(keywords[:len(chosen)])  # the first, in order
+    assert tokens(hotwords) <= 111 and tokens(hotwords) + tokens(initial) <= 223
+    assert prompt.endswith(initial) and initial.endswith("Ask not.")  # its end, which Whisper reads
+    assert wer(JFK_TEXT, resp.json()["text"]) <= 0.10, resp.json()["text"]
 
 
 @pytest.mark.slow

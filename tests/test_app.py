@@ -182,24 +182,26 @@ def test_client_text_cannot_forge_a_log_line(whisper_model: str) -> None:
     import signal
     import socket
 
+    from support import processes
     from support.net import free_port
     from support.processes import environment, wait_healthy
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port),
-                                                       API_KEY="sesame", LOG_LEVEL="INFO"))
+    proc = processes.start([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port),
+                                                      API_KEY="sesame", LOG_LEVEL="INFO"))
     forged = "2026-01-01 00:00:00,000 INFO rapl.api: request id=forged task=transcribe status=200"
     try:
         wait_healthy(proc, f"http://127.0.0.1:{port}")
         path = "/v1/models%0d%0a" + forged.replace(" ", "%20")
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
             answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
-    finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
+    finally:
+        processes.kill(proc)
     lines = err.splitlines()
     assert not any(line.startswith(forged[:30]) for line in lines), err
     assert any("rejected a request to" in line and "request id=forged" in line for line in lines), err

@@ -7,9 +7,11 @@ import shutil
 import struct
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +20,17 @@ import soundfile as sf
 from rapl import audio
 from rapl.errors import RaplError, status_of
 from rapl.ffmpeg import FORMATS, decode_cli, decode_pyav
-from rapl.recording import PAGE, SAMPLE_RATE, Dense, Recording, duration
+from rapl.recording import (
+    MIN_SAMPLE_RATE,
+    OUT_BLOCK,
+    PAGE,
+    SAMPLE_RATE,
+    Dense,
+    MemoryBudget,
+    Recording,
+    Resampler,
+    duration,
+)
 from support.speech import ffmpeg, wav_bytes
 
 
@@ -289,3 +301,200 @@ def test_pyav_sample_formats_match_the_wav_path(jfk_variants: dict[str, Path], t
     assert abs(len(decoded) - len(reference)) < 160
     tolerance = 0.02 if codec == "pcm_u8" else 1e-3
     assert float(np.abs(decoded[:n] - reference[:n]).max()) < tolerance
+
+
+def _wav_header_rate(rate: int, samples: int) -> bytes:
+    """A 16-bit mono PCM WAV of ``samples`` samples whose header says ``rate`` Hz."""
+    data = np.tile(np.int16([8192, -8192]), samples // 2).tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, 2 * rate, 2, 16)
+    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", len(data)) + data)
+
+
+@pytest.mark.parametrize("max_seconds", [14400, 60])  # an upload's limit, a known speaker's reference's
+def test_a_sample_rate_below_speech_is_refused_at_once(max_seconds: float) -> None:
+    """20,000 samples said to be at 1 Hz would resample to 320 million (3.5 GB): a 400 naming file, at once."""
+    tracemalloc.start()
+    try:
+        started = time.perf_counter()
+        with pytest.raises(RaplError) as info:
+            audio.decode_recording(_wav_header_rate(1, 20_000), max_seconds)
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert status_of(info.value) == 400 and info.value.param == "file" and "1 Hz" in info.value.message
+    assert peak < 5e6 and elapsed < 1
+
+
+def test_pyav_refuses_a_sample_rate_below_speech(tmp_path: Path) -> None:
+    mkv = _lavfi(tmp_path / "low.mkv", "aevalsrc=0.9:s=1000", "-t", "600", "-c:a", "flac")
+    with pytest.raises(RaplError) as info:
+        audio.decode(mkv.read_bytes())
+    assert status_of(info.value) == 400 and info.value.param == "file" and "1000 Hz" in info.value.message
+
+
+class _Spy:
+    """A sink that remembers the largest write."""
+
+    def __init__(self, max_seconds: float = float("inf")) -> None:
+        self.max_seconds = max_seconds
+        self.size = 0
+        self.largest = 0
+
+    def write(self, samples: np.ndarray) -> None:
+        self.size += samples.size
+        self.largest = max(self.largest, samples.size)
+
+    def reset(self) -> None:
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@pytest.mark.parametrize("rate", [MIN_SAMPLE_RATE, 8000, 11025, 16000, 44100])
+def test_every_resampler_call_makes_a_bounded_block(rate: int) -> None:
+    """However long a block a decoder hands over, soxr is fed pieces of at most OUT_BLOCK output samples."""
+    spy = _Spy()
+    resampler = Resampler(rate, spy)
+    resampler.write(np.zeros(rate * 60, dtype=np.float32))  # a minute in one block
+    resampler.write(np.zeros(0, dtype=np.float32), last=True)
+    assert spy.largest <= OUT_BLOCK + 4096 and abs(spy.size - 60 * SAMPLE_RATE) <= 1  # soxr adds its delay once
+
+
+def test_the_limit_is_checked_before_resampling() -> None:
+    """A block whose output would pass the limit is refused before soxr makes it."""
+    spy = _Spy(max_seconds=10)
+    with pytest.raises(RaplError) as info:
+        Resampler(MIN_SAMPLE_RATE, spy).write(np.zeros(MIN_SAMPLE_RATE * 60, dtype=np.float32))
+    assert status_of(info.value) == 413 and spy.size <= 10 * SAMPLE_RATE
+
+
+def test_a_low_rate_wav_stops_at_the_limit_holding_little(tmp_path: Path) -> None:
+    """10 minutes of 4 kHz noise (each block upsampled 4 times) against a 1-minute limit."""
+    buf = io.BytesIO()
+    sf.write(buf, np.random.default_rng(0).normal(0, 0.1, 4000 * 600).astype(np.float32), 4000, format="WAV",
+             subtype="PCM_16")
+    tracemalloc.start()
+    try:
+        with pytest.raises(RaplError) as info:
+            audio.decode_recording(buf.getvalue(), max_seconds=60)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert status_of(info.value) == 413
+    assert peak < 10e6, f"{peak / 1e6:.0f} MB"  # a minute of float32 pages is 3.8 MB
+
+
+def _sine(seconds: float, freq: float = 440.3, rate: int = SAMPLE_RATE) -> np.ndarray:
+    return (0.5 * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+
+
+@pytest.mark.parametrize("signal", ["constant", "constant with hiss", "sine", "square", "16-bit sine"])
+def test_a_steady_signal_costs_no_memory_and_no_vad(signal: str) -> None:
+    """An hour of a constant, or of a tone, is stored as one page and shown to the VAD as silence."""
+    minute = {"constant": np.full(60 * SAMPLE_RATE, 0.9, dtype=np.float32),
+              "constant with hiss": (0.9 + np.random.default_rng(1).uniform(-5e-4, 5e-4, 60 * SAMPLE_RATE)
+                                     ).astype(np.float32),
+              "sine": _sine(60),
+              "square": np.where(np.arange(60 * SAMPLE_RATE) % 50 < 25, 0.9, -0.9).astype(np.float32),  # 320 Hz
+              "16-bit sine": np.round(_sine(60) * 32767) / np.float32(32768)}[signal]
+    recording = Recording(max_seconds=7200)
+    for _ in range(60):
+        recording.write(minute)
+    recording.close()
+    assert duration(recording) == 3600 and recording.stored_bytes() < 1e6
+    assert len(recording.still) >= recording.page_count() - 3
+    assert all(recording.page(i) is None for i in range(2, len(recording.pages)))
+    middle = recording[SAMPLE_RATE * 1800:SAMPLE_RATE * 1810]  # reads back as the signal, not as silence
+    assert abs(float(np.abs(middle).max()) - float(np.abs(minute).max())) < 1e-3
+    assert abs(float(middle.mean()) - float(minute.mean())) < 1e-2
+
+
+def test_speech_is_never_taken_for_a_steady_signal(jfk: Path, shared_audio: Path,
+                                                    spoken_sentences: list[np.ndarray]) -> None:
+    """Real speech, espeak-ng speech, speech looped, and speech 40 dB under a loud tone: every page is kept
+    as it was and shown to the VAD."""
+    clips = [audio.decode(jfk.read_bytes()), audio.decode((shared_audio / "zh_sample.wav").read_bytes()),
+             np.concatenate(spoken_sentences)]
+    for clip in clips:
+        tone = _sine(len(clip) / SAMPLE_RATE, freq=440) * np.float32(1.6)
+        for audio_in in (clip, np.tile(clip, 8), clip[:PAGE * (len(clip) // PAGE)].reshape(-1, PAGE)[[0] * 6].ravel(),
+                         tone + clip / np.float32(100), clip + np.float32(0.5)):
+            recording = Recording()
+            recording.write(audio_in)
+            recording.close()
+            assert not recording.still
+            assert np.array_equal(np.asarray(recording), audio_in)  # lossless: a looped page is the same page
+
+
+def _noise(seconds: float) -> np.ndarray:
+    return np.random.default_rng(2).normal(0, 0.1, int(seconds * SAMPLE_RATE)).astype(np.float32)
+
+
+def test_the_memory_budget_is_shared_and_given_back() -> None:
+    """Two recordings share one budget: the second waits, then gets 503 with Retry-After; released, it fits."""
+    budget = MemoryBudget(3_000_000, wait=0.2)  # 23 pages of float32
+    first = Recording(budget=budget)
+    first.write(_noise(30))  # 14 pages: 1.8 MB
+    assert budget.used == first.charged == 14 * PAGE * 4
+    second = Recording(budget=budget)
+    started = time.perf_counter()
+    with pytest.raises(RaplError) as info:
+        second.write(_noise(30))
+    assert status_of(info.value) == 503 and info.value.code == "decode_memory_full" and info.value.retry_after
+    assert time.perf_counter() - started >= 0.2
+    second.reset()
+    first.release()
+    first.release()  # idempotent
+    assert budget.used == 0
+    second.write(_noise(30))
+    assert budget.used == second.charged
+
+
+def test_a_full_budget_waits_for_room() -> None:
+    budget = MemoryBudget(3_000_000, wait=5)
+    first = Recording(budget=budget)
+    first.write(_noise(30))
+    threading.Timer(0.3, first.release).start()
+    second = Recording(budget=budget)
+    second.write(_noise(30))  # waits for the first to be released
+    assert budget.used == second.charged
+
+
+def test_audio_larger_than_the_whole_budget_is_a_413_and_a_failed_decode_gives_its_charge_back() -> None:
+    budget = MemoryBudget(1_000_000)
+    with pytest.raises(RaplError) as info:
+        audio.decode_recording(wav_bytes(_noise(60)), budget=budget)
+    assert status_of(info.value) == 413 and "DECODE_MEMORY_MB" in info.value.message
+    assert budget.used == 0
+    recording = audio.decode_recording(wav_bytes(_noise(5)), budget=budget)
+    assert budget.used == recording.charged == 2 * PAGE * 2  # two int16 pages; the tail is not charged
+    recording.release()
+    assert budget.used == 0
+
+
+def test_the_server_charges_every_request_to_one_budget_and_gives_it_back(fake_serve: Any) -> None:
+    """Over HTTP: a full budget answers 503 with Retry-After in the envelope; a request done gives its audio
+    back (streamed or not); audio bigger than the whole budget is a 413."""
+    import httpx2 as httpx
+
+    server = fake_serve(DECODE_MEMORY_MB="2")
+    budget: MemoryBudget = server.app.extensions["rapl.decode_budget"]
+    budget.wait = 0.1
+    speech = wav_bytes(_noise(10))
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        def post(data: bytes, **form: str) -> Any:
+            return http.post("/v1/audio/transcriptions", files={"file": ("a.wav", data)}, data=form)
+
+        for form in ({}, {"stream": "true"}):
+            assert post(speech, **form).status_code == 200 and budget.used == 0
+        budget.used = budget.limit  # other requests hold it all
+        resp = post(speech)
+        assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+        assert resp.json()["error"]["code"] == "decode_memory_full"
+        budget.used = 0
+        resp = post(wav_bytes(_noise(120)))  # 3.8 MB of pages
+        assert resp.status_code == 413 and "DECODE_MEMORY_MB" in resp.json()["error"]["message"]
+        assert budget.used == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from support import ROOT
+from support import ROOT, processes
 from support.caches import fake_hf_repo
 from support.net import free_port
 from support.processes import environment, wait_healthy
@@ -124,17 +124,17 @@ def test_invalid_setting_is_one_line_and_status_2(jfk: Path) -> None:
 
 def test_no_subcommand_serves_on_host_port(whisper_model: str, jfk: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port)))
-    try:
-        wait_healthy(proc, f"http://127.0.0.1:{port}")
-        resp = httpx.post(f"http://127.0.0.1:{port}/v1/audio/transcriptions", timeout=120,
-                          files={"file": ("a.flac", jfk.read_bytes())})
-        assert resp.status_code == 200 and "country" in resp.json()["text"].lower()
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+    with processes.started([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port))) as proc:
+        try:
+            wait_healthy(proc, f"http://127.0.0.1:{port}")
+            resp = httpx.post(f"http://127.0.0.1:{port}/v1/audio/transcriptions", timeout=120,
+                              files={"file": ("a.flac", jfk.read_bytes())})
+            assert resp.status_code == 200 and "country" in resp.json()["text"].lower()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
     assert out.splitlines()[0] == (f"RAPL serving whisper model {whisper_model} at http://127.0.0.1:{port} "
                                    f"(OpenAI base URL http://127.0.0.1:{port}/v1)")
 
@@ -231,6 +231,7 @@ def test_models_runs_on_empty_caches_and_names_the_default(tmp_path: Path) -> No
     assert "is not cached here" in proc.stdout
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_after_the_running_job_and_answers_it(signum: int, whisper_model: str, spoken_sentences) -> None:
     import threading
@@ -239,9 +240,10 @@ def test_signal_stops_after_the_running_job_and_answers_it(signum: int, whisper_
 
     long_clip = wav_bytes(build_recording(spoken_sentences * 3, [0.5] * 18)[0])
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port)))
+    # SIGINT at its default in the server even when pytest runs with it ignored (support.processes)
+    proc = processes.start([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port)))
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(proc, base)
@@ -253,11 +255,10 @@ def test_signal_stops_after_the_running_job_and_answers_it(signum: int, whisper_
                    what="the model to start on the long clip", interval=0.05)
         proc.send_signal(signum)
         client.join(timeout=120)
-        assert proc.wait(timeout=60) == 0
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        out, err = proc.communicate(timeout=10)
+        processes.kill(proc)
     assert answers and answers[0].status_code == 200, err[-2000:]
     assert "platform" in answers[0].json()["text"].lower()
     assert "finishing the running transcription" in out
@@ -284,14 +285,10 @@ def test_check_reports_the_users_own_running_rapl_as_in_use_not_as_a_failure(whi
     """`rapl check` beside a running RAPL on the same settings: the port is RAPL's, which is no failure."""
     port = free_port()
     settings = {"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=environment(**settings))
-    try:
+    with processes.started([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=environment(**settings)) as proc:
         wait_healthy(proc, f"http://127.0.0.1:{port}")
         check = rapl("check", timeout=120, **settings)
-    finally:
-        proc.kill()
-        proc.communicate(timeout=30)
     assert check.returncode == 0, check.stdout
     assert f"ok    port: RAPL already serves at 127.0.0.1:{port} (whisper model " in check.stdout
     assert "FAIL" not in check.stdout and "All checks passed" in check.stdout

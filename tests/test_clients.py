@@ -82,7 +82,7 @@ MATRIX: dict[str, dict[str, tuple[str, str | None]]] = {
         "stream": ("✓", "test_openwhispr_stream"),
         "translations": NA,
         "errors": ("401 readable", "test_openwhispr_file_page_with_key"),
-        "CORS": ("file://, localhost; others blocked", "test_foreign_origin_is_blocked"),
+        "CORS": ("file:// (`null` opted in), localhost; others 403", "test_foreign_origin_is_blocked"),
     },
     "VoiceInk": {
         "formats": ("json", "test_voiceink_request"),
@@ -165,10 +165,22 @@ def assert_jfk(text: str, max_wer: float = 0.15) -> None:
     assert wer(JFK_TEXT, text) <= max_wer, text
 
 
+# OpenWhispr's window is a file:// page (Origin: null): it needs CORS_ORIGINS=local,null.
+FILE_PAGES = {"CORS_ORIGINS": "local,null"}
+
+
 @pytest.fixture(scope="module")
 def keyed_server(serve: Callable[..., Server], whisper_model: str) -> Server:
-    """tiny.en with API_KEY set (and the default CORS_ORIGINS=local)."""
-    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "API_KEY": KEY})
+    """tiny.en with API_KEY set, and file:// pages opted in (CORS_ORIGINS=local,null)."""
+    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "API_KEY": KEY, **FILE_PAGES})
+    assert server.worker.state == "ready", server.worker.error
+    return server
+
+
+@pytest.fixture(scope="module")
+def file_page_server(serve: Callable[..., Server], whisper_model: str) -> Server:
+    """tiny.en without a key, file:// pages opted in (CORS_ORIGINS=local,null), as OpenWhispr's users set it."""
+    server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, **FILE_PAGES})
     assert server.worker.state == "ready", server.worker.error
     return server
 
@@ -566,10 +578,10 @@ def _openwhispr(page: Any, server: Server, audio: str, **options: Any) -> dict[s
                                           "audioBase64": audio, **options})
 
 
-def test_openwhispr_file_page(page: Any, whisper_server: Server, webm_b64: str) -> None:
+def test_openwhispr_file_page(page: Any, file_page_server: Server, webm_b64: str) -> None:
     """A FormData POST with no custom headers: no preflight, but the answer needs Access-Control-Allow-Origin."""
-    with recorded(whisper_server) as seen:
-        result = _openwhispr(page, whisper_server, webm_b64)
+    with recorded(file_page_server) as seen:
+        result = _openwhispr(page, file_page_server, webm_b64)
     assert result.get("ok"), result
     assert_jfk(result["text"])
     assert result["exposed"]["requestId"] and result["exposed"]["model"]  # exposed to the page
@@ -599,10 +611,10 @@ def test_openwhispr_file_page_with_key(page: Any, keyed_server: Server, webm_b64
     assert ok_post["headers"]["authorization"] == f"Bearer {KEY}"
 
 
-def test_openwhispr_stream(page: Any, whisper_server: Server, webm_b64: str) -> None:
+def test_openwhispr_stream(page: Any, file_page_server: Server, webm_b64: str) -> None:
     """OpenWhispr's OpenAI provider streams the gpt-4o transcribe models and reads the SSE itself."""
-    with recorded(whisper_server) as seen:
-        result = _openwhispr(page, whisper_server, webm_b64, model="gpt-4o-mini-transcribe", provider="openai")
+    with recorded(file_page_server) as seen:
+        result = _openwhispr(page, file_page_server, webm_b64, model="gpt-4o-mini-transcribe", provider="openai")
     assert result.get("ok"), result
     assert result["contentType"].startswith("text/event-stream")
     assert result["types"][-1] == "transcript.text.done" and result["collected"] == result["text"]
@@ -671,8 +683,9 @@ def test_js_sdk_in_a_localhost_page(page: Any, keyed_server: Server, webm_b64: s
 
 
 def test_foreign_origin_is_blocked(page: Any, whisper_server: Server, keyed_server: Server, webm_b64: str) -> None:
-    """A page from another origin (http://127.0.0.2:<port>) cannot read the answer; with a key header it
-    does not even get past the preflight, so the audio is never sent."""
+    """A page from another origin (http://127.0.0.2:<port>) cannot read the answer: its audio gets 403
+    before the model sees it; with a key header it does not even get past the preflight, so the audio
+    is never sent. tests/test_browser_security.py has more (no-cors posts, iframes, DNS rebinding)."""
     with static_site("127.0.0.2") as origin, recorded(whisper_server) as open_seen, \
             recorded(keyed_server) as keyed_seen:
         page.goto(f"{origin}/openwhispr.html")
@@ -684,11 +697,12 @@ def test_foreign_origin_is_blocked(page: Any, whisper_server: Server, keyed_serv
     assert keyed == {"ok": False, "fetchError": "TypeError: Failed to fetch"}, keyed
     assert all("access-control-allow-origin" not in r["response_headers"] for r in open_seen + keyed_seen)
     assert not posts(keyed_seen), "the audio went past a refused preflight"
+    assert [r["status"] for r in posts(open_seen)] == [403], open_seen  # refused, not transcribed and hidden
 
 
 def test_narrowed_setting_blocks_file_pages(page: Any, serve: Callable[..., Server], whisper_model: str,
                                             webm_b64: str) -> None:
-    """CORS_ORIGINS=http://localhost:* leaves file:// pages (Origin: null) out."""
+    """CORS_ORIGINS=http://localhost:* leaves file:// pages (Origin: null) out, as the default does."""
     server = serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "CORS_ORIGINS": "http://localhost:*"})
     started = time.monotonic()
     result = _openwhispr(page, server, webm_b64)

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from support import ROOT
+from support import ROOT, processes
 from support.fake_backend import FakeBackend, say
 from support.net import free_port
 from support.server import Server
@@ -71,7 +71,7 @@ def nginx_run(tmp_path: Path) -> Iterator[Callable[[str], str]]:
         test = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(conf), "-g", globals_],
                               capture_output=True, text=True)
         assert test.returncode == 0, test.stderr
-        procs.append(subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(conf), "-g", globals_]))
+        procs.append(processes.start([nginx, "-p", str(tmp_path), "-c", str(conf), "-g", globals_]))
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -82,10 +82,12 @@ def nginx_run(tmp_path: Path) -> Iterator[Callable[[str], str]]:
                 time.sleep(0.05)
         raise AssertionError(f"nginx did not listen on {port}: {(tmp_path / 'error.log').read_text()}")
 
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            processes.stop(proc, timeout=10)  # SIGTERM; killed if it does not exit
+            processes.kill(proc)
 
 
 def stop(server: Server) -> None:

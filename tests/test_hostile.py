@@ -7,6 +7,7 @@ the hour, files of tiny packets, requests waiting for the model.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import struct
@@ -277,6 +278,96 @@ def test_hours_of_silence_cost_decode_time_only(server: Server, bombs: dict[str,
     assert resp.status_code == 200 and resp.json()["text"] == "", resp.text
     assert memory["growth"] < 100, f"+{memory['growth']:.0f} MB"
     assert elapsed < 20
+
+
+def _constant_bomb(dst: Path, rate: int) -> Path:
+    """3 h 50 min of a constant loud signal (0.9 of full scale) as FLAC in Matroska, at ``rate`` Hz."""
+    return lavfi(dst, f"aevalsrc=0.9:s={rate}", "-t", "13800", "-c:a", "flac", "-frame_size", "65535")
+
+
+def _posted_at_once(server: Server, data: bytes, name: str, count: int, timeout: float = 120,
+                    **form: str) -> list[httpx.Response]:
+    """POST ``data`` ``count`` times at once (one thread each); the answers."""
+    answers: list[httpx.Response] = []
+
+    def one() -> None:
+        with httpx.Client(base_url=server.url, timeout=timeout) as http:
+            answers.append(http.post(ENDPOINT, files={"file": (name, data)}, data={"model": "whisper-1", **form}))
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout + 10)
+    return answers
+
+
+@pytest.mark.parametrize("count", [1, 4])
+def test_hours_of_a_constant_loud_signal_cost_little(server: Server, tmp_path: Path, count: int) -> None:
+    """94 KB of FLAC in Matroska: 3 h 50 min of a constant at 0.9 of full scale, 8 kHz. It was 200 after
+    18-19 s at +0.85 GB each (four at once: +2.7 GB): every page stored, the VAD run over all of them.
+    Now each page repeats the one before and costs nothing, and the VAD skips them."""
+    data = _constant_bomb(tmp_path / "constant.mkv", 8000).read_bytes()
+    assert len(data) < 100_000
+    with peak_rss() as memory:
+        started = time.perf_counter()
+        answers = _posted_at_once(server, data, "constant.mkv", count)
+        elapsed = time.perf_counter() - started
+    assert len(answers) == count
+    for resp in answers:
+        assert resp.status_code == 200 and resp.json()["text"] == "", resp.text
+    assert memory["growth"] < 100 + 25 * count, f"+{memory['growth']:.0f} MB for {count}"
+    assert elapsed < 8 * count, f"{elapsed:.1f} s for {count}"
+
+
+def test_a_constant_signal_at_a_rate_below_speech_is_refused_at_once(server: Server, tmp_path: Path) -> None:
+    """The issue's 12 KB file: the same constant for 3 h 50 min at 1 kHz. No speech fits in 1 kHz: 400 at once."""
+    data = _constant_bomb(tmp_path / "constant-1k.mkv", 1000).read_bytes()
+    assert len(data) < 15_000
+    with peak_rss() as memory:
+        started = time.perf_counter()
+        resp = post(server, data, "constant.mkv")
+        elapsed = time.perf_counter() - started
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "file", resp.text
+    assert memory["growth"] < 50, f"+{memory['growth']:.0f} MB"
+    assert elapsed < 2
+
+
+def _one_hertz_wav() -> bytes:
+    """40 KB of WAV whose header says 1 Hz: its 20,000 samples would resample to 320 million (3.5 GB before)."""
+    samples = np.tile(np.int16([8192, -8192]), 10_000).tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, 1, 2, 2, 16)  # PCM, mono, 1 Hz, 2 bytes a second, 16-bit
+    return (b"RIFF" + struct.pack("<I", 36 + len(samples)) + b"WAVEfmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", len(samples)) + samples)
+
+
+def test_a_one_hertz_wav_is_refused_at_once(server: Server) -> None:
+    """It got 413 after 5.5-16.7 s at +3.5 GB: the resampler was handed the whole block before the limit."""
+    data = _one_hertz_wav()
+    assert len(data) < 41_000
+    with peak_rss() as memory:
+        started = time.perf_counter()
+        resp = post(server, data, "tiny-rate.wav")
+        elapsed = time.perf_counter() - started
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "file", resp.text
+    assert memory["growth"] < 50, f"+{memory['growth']:.0f} MB"
+    assert elapsed < 2
+
+
+def test_a_one_hertz_wav_as_a_known_speakers_reference_is_refused_at_once(server: Server, jfk: Path) -> None:
+    """The same file as a known speaker's reference clip: 400 after up to 21 s at +3.5 GB before."""
+    reference = "data:audio/wav;base64," + base64.b64encode(_one_hertz_wav()).decode()
+    form = {"response_format": "diarized_json", "known_speaker_names[]": "alice",
+            "known_speaker_references[]": reference}
+    with peak_rss() as memory:
+        started = time.perf_counter()
+        resp = _posted_at_once(server, jfk.read_bytes(), "jfk.flac", 1, **form)[0]
+        elapsed = time.perf_counter() - started
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "known_speaker_references", resp.text
+    assert "Hz" in resp.json()["error"]["message"]
+    assert memory["growth"] < 50, f"+{memory['growth']:.0f} MB"
+    assert elapsed < 2
 
 
 def test_flac_written_to_a_pipe_transcribes(server: Server, jfk: Path, tmp_path: Path) -> None:

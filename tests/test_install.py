@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from support import ROOT
+from support import ROOT, processes
 from support.net import free_port
 from support.speech import JFK_TEXT, wer
 
@@ -81,8 +81,8 @@ def test_readme_quick_start_in_a_fresh_virtual_environment(tmp_path: Path, whisp
                PIP_DISABLE_PIP_VERSION_CHECK="1", BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port),
                PROGRESS="false")
     started = time.monotonic()
-    proc = subprocess.Popen(["bash", "-c", command], cwd=repo, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = processes.start(["bash", "-c", command], cwd=repo, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)  # its own process group, SIGTERM at its default
     try:
         status = _wait_for_health(port, proc, deadline=time.monotonic() + 900)
         assert status == 200, proc.stdout.read() if proc.poll() is not None else "no answer"
@@ -91,8 +91,11 @@ def test_readme_quick_start_in_a_fresh_virtual_environment(tmp_path: Path, whisp
                           files={"file": ("jfk.flac", jfk.read_bytes())})
         assert resp.status_code == 200 and wer(JFK_TEXT, resp.json()["text"]) <= 0.10
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        output = proc.communicate(timeout=60)[0]
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the graceful stop, for bash and the server it started
+            output = proc.communicate(timeout=60)[0]
+        finally:
+            processes.kill(proc)
     venv = repo / ".venv"
     python = venv / "bin" / "python"
     assert python.resolve() == SYSTEM_PYTHON.resolve()  # the system's Python, in its own environment

@@ -6,11 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rapl.params import VAD_BOUNDS
 from rapl.settings import Settings
+from rapl.transcription import VadOptions
 from rapl.vad import Segmenter
 from support.fake_backend import FakeBackend, say
 from support.server import Server, wait_until
-from support.speech import JFK_TEXT, SENTENCES, build_recording, tone, wav_bytes, wer
+from support.speech import JFK_TEXT, SENTENCES, SHARED_AUDIO, build_recording, tone, wav_bytes, wer
 
 
 def _segmenter(**overrides: str) -> Segmenter:
@@ -38,6 +40,55 @@ def test_chunks_cut_at_pauses_and_never_exceed_the_maximum(spoken_sentences) -> 
         assert any(c.start / 16000 <= start and end <= c.end / 16000 for c in chunks), start
     unmerged = segmenter.plan(recording, merge=False)
     assert len(unmerged) == 18
+
+
+@pytest.fixture(scope="module")
+def six_speeches(speech_pcm) -> np.ndarray:  # noqa: ANN001
+    """The JFK clip six times over, a second of silence after each: 72 s, 24 stretches of speech."""
+    if not (SHARED_AUDIO / "en_jfk.flac").is_file():
+        pytest.skip("needs the real speech clip en_jfk.flac (../shared/audio)")
+    pause = np.zeros(16000, dtype=np.float32)
+    return np.concatenate([np.concatenate([speech_pcm, pause]) for _ in range(6)])
+
+
+def _sane(chunks: list, baseline: list, max_chunk: int) -> None:  # noqa: ANN001
+    lengths = [(c.end - c.start) / 16000 for c in chunks]
+    assert chunks and len(chunks) <= len(baseline), (len(chunks), len(baseline))
+    assert min(lengths) >= 0.5 and max(lengths) <= max_chunk, lengths
+
+
+@pytest.mark.parametrize("padding_ms", [7_500, 10_000, 60_000])
+def test_any_padding_keeps_the_plan_sane(six_speeches: np.ndarray, padding_ms: int) -> None:
+    """Padding was taken off the longest span twice: past 7.5 s of it the span length went negative
+    and every 32 ms window became a chunk of its own (596 chunks instead of 24)."""
+    segmenter = _segmenter()
+    baseline = segmenter.plan(six_speeches, merge=False)
+    padded = segmenter.tuned(VadOptions(padding_ms=padding_ms))
+    _sane(padded.plan(six_speeches, merge=False), baseline, 30)
+    _sane(padded.plan(six_speeches), segmenter.plan(six_speeches), 30)
+    short = _segmenter(MAX_CHUNK_SECONDS="5").tuned(VadOptions(padding_ms=padding_ms))
+    assert all(c.end - c.start <= 5 * 16000 for c in short.plan(six_speeches, merge=False))
+
+
+# Each end of each chunking_strategy bound, but threshold's top: OpenAI's range ends at 1, which asks that
+# nothing count as speech (0.8 is the strictest that still hears clear speech; 0.9 kept 40 %).
+ENDS = [(key, value) for key, bounds in VAD_BOUNDS.items() for value in bounds if (key, value) != ("threshold", 1.0)]
+
+
+@pytest.mark.parametrize(("key", "value"), [*ENDS, ("threshold", 0.8)])
+def test_every_allowed_vad_value_still_finds_the_speech(six_speeches: np.ndarray, key: str, value: float) -> None:
+    """At the ends of the chunking_strategy bounds, chunks are sane and each of the six speeches reaches
+    the model: at least half the speech the defaults find."""
+    segmenter = _segmenter()
+    field = {"threshold": "threshold", "prefix_padding_ms": "padding_ms", "silence_duration_ms": "min_silence_ms"}
+    chunks = segmenter.tuned(VadOptions(**{field[key]: value})).plan(six_speeches, merge=False)
+    lengths = [(c.end - c.start) / 16000 for c in chunks]
+    assert len(chunks) <= 60 and min(lengths) >= 0.2 and max(lengths) <= 30, lengths  # no shreds
+    default = sum((c.end - c.start) / 16000 for c in segmenter.plan(six_speeches, merge=False))
+    assert sum(lengths) >= 0.5 * default, (sum(lengths), default)
+    speech = len(six_speeches) // 6
+    for n in range(6):
+        assert any(c.start < (n + 1) * speech and c.end > n * speech for c in chunks), n
 
 
 def test_vad_off_cuts_fixed_windows() -> None:

@@ -5,9 +5,11 @@ connections, a busy port, and uploads when no temporary file can be written (rap
 
 from __future__ import annotations
 
+import base64
 import collections
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,13 +24,16 @@ import httpx2 as httpx
 import pytest
 
 from rapl.settings import SPEC
-from support import ROOT
+from support import ROOT, processes
 from support.net import free_port
 from support.speech import JFK_TEXT, wav_bytes, wer
 
 pytestmark = pytest.mark.slow  # RAPL launched as subprocesses on the real tiny.en model
 
 LAUNCHERS = ("waitress-serve", "python -m rapl")
+HEADER_TIMEOUT = 10  # rapl.server.HEADER_TIMEOUT, as a user meets it
+# A log line as RAPL writes it under both launchers: a timestamp, the level, the logger.
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and resource limits")
 
 
@@ -70,8 +75,8 @@ class Launched:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (limit_files, limit_files))
 
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(command(launcher, *flags), cwd=ROOT, env=env, stdout=out, stderr=err,
-                                         preexec_fn=preexec)
+            self.proc = processes.start(command(launcher, *flags), cwd=ROOT, env=env, stdout=out, stderr=err,
+                                        preexec_fn=preexec)
         self.started = time.monotonic()
 
     @property
@@ -118,15 +123,12 @@ class Launched:
             time.sleep(0.02)
         pytest.fail(f"timed out waiting for {what}: {self.health()}")
 
-    def stop(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: a graceful stop
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGTERM (a graceful stop) and its exit status; whatever happens, nothing of it is left running."""
+        try:
+            return processes.stop(self.proc, signal.SIGTERM, timeout)
+        finally:
+            processes.kill(self.proc)  # its process group too
 
 
 @pytest.fixture
@@ -140,9 +142,11 @@ def launch(tmp_path: Path, whisper_model: str) -> Iterator[Any]:
         started.append(server)
         return server
 
-    yield start
-    for server in started:
-        server.stop()
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -313,6 +317,23 @@ def test_sigterm_finishes_the_running_job_and_answers_the_queued_503(launcher: s
     assert "Traceback" not in err
 
 
+@posix_only
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_sigint_stops_it_even_when_the_tests_run_with_sigint_ignored(launcher: str, launch: Any) -> None:
+    """`nohup pytest`, `trap '' INT` or a CI runner start pytest with SIGINT ignored; its children inherit
+    that, and RAPL keeps an ignored SIGINT ignored. The tests start servers with it at its default."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        server = launch(launcher)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    server.wait_ready()
+    assert processes.stop(server.proc, signal.SIGINT, timeout=30) == 0, server.output()[1][-3000:]
+    out, err = server.output()
+    assert out.splitlines()[-1] == "RAPL stopping"  # nothing was running
+    assert "Traceback" not in err
+
+
 # --------------------------------------------------------------------------- limits
 
 
@@ -330,6 +351,113 @@ def test_idle_connections_do_not_lock_out_health(launcher: str, launch: Any, req
     finally:
         for sock in idle:
             sock.close()
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_trickling_clients_cannot_lock_out_health(launcher: str, launch: Any) -> None:
+    """290 connections sending their headers a byte at a time (the limit is 281): each is closed HEADER_TIMEOUT
+    after it was accepted, so a probe waiting behind them is answered; before, they held every slot for good."""
+    server = launch(launcher).wait_ready()
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(290)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for sock in socks:
+            sock.sendall(b"GET /health HTTP/1.1\r\nX-Slow: ")
+        for _ in range(60):  # a byte each every second, for a minute at most
+            if stop.wait(1.0):
+                return
+            for sock in socks:
+                try:
+                    sock.send(b"a")
+                except OSError:
+                    pass
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        time.sleep(1.0)
+        status, seconds = probe(server.port, timeout=HEADER_TIMEOUT + 20)
+        deadline = time.monotonic() + 2 * HEADER_TIMEOUT + 15  # those that waited behind the limit: once more
+        while time.monotonic() < deadline and not all(closed_by_server(s) for s in socks):
+            time.sleep(0.2)
+        closed = sum(closed_by_server(s) for s in socks)
+    finally:
+        stop.set()
+        trickler.join(5)
+        for sock in socks:
+            sock.close()
+    print(f"{launcher}: /health {status} in {seconds:.1f} s behind 290 trickling connections; {closed} closed")
+    assert status == 200 and seconds < HEADER_TIMEOUT + 5, seconds
+    assert closed == len(socks)
+    assert probe(server.port)[0] == 200
+    limit_lines = [line for line in server.output()[1].splitlines() if "reached the connection limit" in line]
+    assert limit_lines and all(LOG_LINE.match(line) for line in limit_lines), limit_lines  # waitress's, timestamped
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_an_upload_slower_than_the_header_deadline_is_not_cut(launcher: str, launch: Any, jfk: Path,
+                                                              request: pytest.FixtureRequest) -> None:
+    """The headers in two pieces 2 s apart, then a body sent steadily over 1.5 HEADER_TIMEOUT: answered."""
+    server = request.getfixturevalue("waitress_serve") if launcher == "waitress-serve" else \
+        launch(launcher).wait_ready()
+    req = httpx.Request("POST", f"{server.base}/v1/audio/transcriptions",
+                        files={"file": ("jfk.flac", jfk.read_bytes())})
+    req.read()
+    head = ("POST /v1/audio/transcriptions HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+            + "Connection: close\r\n\r\n").encode()
+    pieces = 30
+    step = -(-len(req.content) // pieces)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(head[:len(head) // 2])
+        time.sleep(2)
+        sock.sendall(head[len(head) // 2:])
+        for i in range(pieces):
+            sock.sendall(req.content[i * step:(i + 1) * step])
+            time.sleep(1.5 * HEADER_TIMEOUT / pieces)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b"country" in answer.lower()
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """True when the server has closed ``sock`` (end of file or a reset), without waiting."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+# --------------------------------------------------------------------------- logging
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_client_text_cannot_forge_a_log_line_and_lines_are_timestamped(launcher: str, launch: Any,
+                                                                       jfk_16k: Any) -> None:
+    """A known speaker's name is client text that reaches the log (the speaker-labels line names the voices);
+    its CR/LF must come out escaped, and every log line, RAPL's and waitress's, carries a timestamp."""
+    forged = "2026-01-01 00:00:00,000 INFO rapl.api: request id=forged task=transcribe status=200"
+    server = launch(launcher, LOG_LEVEL="INFO").wait_ready()
+    reference = "data:audio/wav;base64," + base64.b64encode(wav_bytes(jfk_16k[3 * 16000:8 * 16000])).decode()
+    name = "JFK\r\n" + forged
+    response = httpx.post(f"{server.base}/v1/audio/transcriptions", timeout=180,
+                          files={"file": ("jfk.wav", wav_bytes(jfk_16k))},
+                          data={"response_format": "diarized_json", "known_speaker_names[]": name,
+                                "known_speaker_references[]": reference})
+    assert response.status_code == 200, response.text
+    assert {s["speaker"] for s in response.json()["segments"]} == {name}  # the name reached the speaker labels
+    assert server.stop() == 0
+    lines = server.output()[1].splitlines()
+    assert not any(line.startswith(forged[:30]) for line in lines), lines
+    assert any("speaker labels:" in line and "JFK\\x0d\\x0a2026-01-01" in line for line in lines), lines
+    logged = [line for line in lines if re.match(r"(\d{4}-|(DEBUG|INFO|WARNING|ERROR|CRITICAL)[: ])", line)]
+    assert any("rapl.api: request id=" in line for line in logged), lines
+    assert all(LOG_LINE.match(line) for line in logged), [line for line in logged if not LOG_LINE.match(line)]
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)

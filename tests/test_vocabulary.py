@@ -180,3 +180,35 @@ def test_applying_per_segment_equals_applying_to_the_joined_text() -> None:
 def test_no_rules_change_nothing() -> None:
     assert Replacements().apply("anything at all") == "anything at all"
     assert len(Replacements()) == 0 and not Replacements()
+
+
+# -- how many terms reach each model ----------------------------------------------------------------
+
+def _words(text: str) -> list[int]:
+    """A stand-in tokenizer: one token a word."""
+    return [len(w) for w in text.split()]
+
+
+def test_whisper_keywords_and_prompt_share_its_prompt_budget() -> None:
+    from rapl.backends.whisper import fit_prompt
+
+    decode = lambda tokens: " ".join("w" * n for n in tokens)  # noqa: E731 - inverse of _words
+    keywords = tuple(f"k{i} extra" for i in range(100))  # two tokens each
+    prompt, hotwords = fit_prompt("w " * 300, keywords, _words, decode, budget=223)
+    assert hotwords == " ".join(keywords[:55]) and len(_words(prompt)) == 223 - 110  # half, then the rest
+    assert fit_prompt("a b c", ("x", "y"), _words, decode, 223) == ("a b c", "x y")  # all of both fit
+    assert fit_prompt(None, (), _words, decode, 223) == (None, None)
+    assert fit_prompt("p", ("w " * 200,), _words, decode, 223) == ("p", None)  # a term over the share: none
+
+
+def test_other_models_get_keywords_first_and_within_their_limits() -> None:
+    from rapl.backends.mlx import MAX_KEYWORD_CONTEXT_CHARS, context_keywords
+    from rapl.backends.sensevoice import MAX_HOTWORDS, choose_hotwords
+
+    terms = tuple(f"term{i:02d}" + "x" * 93 for i in range(100))
+    kept = context_keywords(terms)
+    assert kept == terms[:len(kept)] and len(", ".join(kept)) <= MAX_KEYWORD_CONTEXT_CHARS < len(", ".join(terms))
+    hotwords = choose_hotwords(("RAPL", "http://x/list.txt", "/etc/hosts", "notes.txt", *terms), "Grafana, RAPL")
+    assert hotwords[0] == "RAPL" and len(hotwords) == MAX_HOTWORDS and "Grafana" not in hotwords
+    assert not any(w.startswith("http") or "/" in w or w.endswith(".txt") for w in hotwords)
+    assert choose_hotwords((), "Grafana, RAPL") == ["Grafana", "RAPL"]

@@ -102,7 +102,7 @@ def test_client_that_hangs_up_while_queued_is_not_transcribed(fake_serve) -> Non
     body, content_type = _multipart(wav_bytes(tone(2.0)))
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+        sock.sendall(f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         wait_until(lambda: server.worker.queue_depth >= 1, timeout=10, what="the second request to queue")
     wait_until(lambda: server.connections() <= connections, timeout=10, what="waitress to see the hang-up")

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 TOKENS_PER_SECOND = 10  # generation limit per second of audio (see the module docstring)
 TOKEN_ALLOWANCE = 32  # plus this many: a language prefix, and room on very short clips
+# Keywords join the prompt (the family's context argument) up to this many characters, some 200 tokens:
+# Whisper's decoder keeps only the last 223 prompt tokens, and a long context slows every family.
+MAX_KEYWORD_CONTEXT_CHARS = 800
 WARMUP_SECONDS = 1.0
 WARMUP_TOKENS = 8
 
@@ -202,7 +205,7 @@ class MLXBackend:
         language = self.language_value(options.language)
         if family.language_arg and language is not None:
             wanted[family.language_arg] = language
-        context = " ".join(filter(None, (options.prompt, ", ".join(options.keywords))))
+        context = " ".join(filter(None, (options.prompt, ", ".join(context_keywords(options.keywords)))))
         if family.prompt_arg and context:
             wanted[family.prompt_arg] = context
         if family.max_tokens_arg:
@@ -223,6 +226,17 @@ class MLXBackend:
 
         with mx.stream(self._device):
             return self._model.generate(audio, **kwargs)
+
+
+def context_keywords(keywords: tuple[str, ...], limit: int = MAX_KEYWORD_CONTEXT_CHARS) -> tuple[str, ...]:
+    """The keywords that join the prompt: in order (the request's, then VOCABULARY_FILE's) while their
+    ", "-joined text stays within ``limit`` characters; the first that does not fit ends the list."""
+    chosen: list[str] = []
+    for keyword in keywords:
+        if len(", ".join([*chosen, keyword])) > limit:
+            break
+        chosen.append(keyword)
+    return tuple(chosen)
 
 
 def _keywords(function: Callable[..., Any]) -> frozenset[str]:

@@ -191,8 +191,7 @@ class SenseVoiceBackend:
             kwargs[family.language_arg] = language
         if family.itn_arg:
             kwargs[family.itn_arg] = self.settings.USE_ITN
-        hotwords = list(dict.fromkeys(hotwords_from_prompt(options.prompt) + list(options.keywords)))[
-            :MAX_HOTWORDS] if family.hotword_arg else []
+        hotwords = choose_hotwords(options.keywords, options.prompt) if family.hotword_arg else []
         if family.hotword_arg and hotwords:
             kwargs[family.hotword_arg] = hotwords if family.hotwords_as_list else " ".join(hotwords)
         if words:
@@ -295,6 +294,19 @@ _HOTWORD_SPLIT = re.compile(r"[\s,;，；、。]+")
 _HOTWORD_STRIP = "\"'.:!?()[]{}“”‘’《》「」"
 
 
+def choose_hotwords(keywords: tuple[str, ...], prompt: str | None) -> list[str]:
+    """The hotwords a request gives: its keywords in order (the request's, then VOCABULARY_FILE's),
+    then the prompt's words, de-duplicated, at most MAX_HOTWORDS; none names a URL or a file."""
+    kept = [k for k in keywords if _harmless(k.strip(_HOTWORD_STRIP))]
+    return list(dict.fromkeys(kept + hotwords_from_prompt(prompt)))[:MAX_HOTWORDS]
+
+
+def _harmless(word: str) -> bool:
+    """Not something FunASR would fetch or read: no ``http...``, no ``*.txt``, no path."""
+    lower = word.lower()
+    return bool(word) and not lower.startswith("http") and not lower.endswith(".txt") and "/" not in word
+
+
 def hotwords_from_prompt(prompt: str | None) -> list[str]:
     """Hotwords from a prompt: its words, de-duplicated, at most MAX_HOTWORDS.
 
@@ -303,10 +315,5 @@ def hotwords_from_prompt(prompt: str | None) -> list[str]:
     """
     if not prompt:
         return []
-    words = []
-    for word in _HOTWORD_SPLIT.split(prompt):
-        word = word.strip(_HOTWORD_STRIP)
-        lower = word.lower()
-        if word and not lower.startswith("http") and not lower.endswith(".txt") and "/" not in word:
-            words.append(word)
-    return list(dict.fromkeys(words))[:MAX_HOTWORDS]
+    words = [w.strip(_HOTWORD_STRIP) for w in _HOTWORD_SPLIT.split(prompt)]
+    return list(dict.fromkeys(w for w in words if _harmless(w)))[:MAX_HOTWORDS]

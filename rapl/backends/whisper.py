@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +20,7 @@ from . import SPECS, Capabilities, cpu_threads, warm_up_noise
 log = logging.getLogger(__name__)
 
 _TEMPERATURE_STEP = 0.2  # Whisper's temperature increment on fallback
+_MAX_LENGTH = 448  # tokens Whisper's decoder reads: half of it (less one) is the prompt's
 
 
 class WhisperBackend:
@@ -69,10 +70,11 @@ class WhisperBackend:
     def transcribe(self, audio: np.ndarray, options: Options) -> Iterator[Segment]:
         """Transcribe (or translate) with faster-whisper, one Segment per Whisper segment."""
         language = options.language or self._detect_among(audio, options.candidates)
+        prompt, hotwords = self.fit_prompt(options.prompt, options.keywords)
         pieces, info = self._model.transcribe(
-            audio, language=language, task=options.task, initial_prompt=options.prompt or None,
-            hotwords=" ".join(options.keywords) or None, temperature=temperatures(options.temperature),
-            word_timestamps=options.word_timestamps, vad_filter=False,
+            audio, language=language, task=options.task, initial_prompt=prompt, hotwords=hotwords,
+            temperature=temperatures(options.temperature), word_timestamps=options.word_timestamps,
+            vad_filter=False,
         )
         language = language or info.language
         for piece in pieces:
@@ -80,6 +82,13 @@ class WhisperBackend:
             if options.logprobs:
                 segment = self._with_logprobs(audio, segment, language, options.task)
             yield segment
+
+    def fit_prompt(self, prompt: str | None, keywords: tuple[str, ...]) -> tuple[str | None, str | None]:
+        """The initial prompt and hotwords that fit the decoder's prompt budget together (see :func:`fit_prompt`)."""
+        hf = self._model.hf_tokenizer
+        budget = getattr(self._model, "max_length", _MAX_LENGTH) // 2 - 1
+        return fit_prompt(prompt, keywords, lambda text: hf.encode(text, add_special_tokens=False).ids,
+                          hf.decode, budget)
 
     def _with_logprobs(self, audio: np.ndarray, segment: Segment, language: str, task: str) -> Segment:
         """``segment`` with the log-probability of each of its text tokens, scored by the model itself
@@ -108,6 +117,45 @@ class WhisperBackend:
         _, _, scores = self._model.detect_language(audio)
         probability = dict(scores)
         return max(candidates, key=lambda code: probability.get(code, 0.0))
+
+
+def fit_prompt(prompt: str | None, keywords: tuple[str, ...], encode: Callable[[str], list[int]],
+               decode: Callable[[list[int]], str], budget: int) -> tuple[str | None, str | None]:
+    """The prompt and the hotwords (keywords joined by spaces) that share ``budget`` tokens.
+
+    Whisper's decoder reads at most 448 tokens, prompt and transcript together, and gives the
+    prompt half (223): faster-whisper took up to that many of hotwords and as many again of
+    prompt and of the text already transcribed, which left the transcript no room (100 keywords
+    of 100 characters took 20 s and garbled it). So the keywords get at most half of ``budget``
+    (111 of 223 tokens): they are taken in order (the request's, then VOCABULARY_FILE's) while
+    they fit, and the first that does not fit ends the list. The prompt gets what they leave,
+    keeping its end (its last tokens, as Whisper does): the words nearest the audio matter most.
+    Tokens are counted as faster-whisper encodes them: " " + the text.
+    """
+    chosen: list[str] = []
+    used = 0
+    for keyword in keywords:
+        tokens = len(encode(" " + " ".join([*chosen, keyword])))
+        if tokens > budget // 2:
+            break
+        chosen.append(keyword)
+        used = tokens
+    return _tail(prompt, budget - used, encode, decode), " ".join(chosen) or None
+
+
+def _tail(prompt: str | None, room: int, encode: Callable[[str], list[int]],
+          decode: Callable[[list[int]], str]) -> str | None:
+    """The end of ``prompt`` that encodes to at most ``room`` tokens (all of it when it fits)."""
+    if not prompt or not prompt.strip():
+        return None
+    tokens = encode(" " + prompt.strip())
+    keep = min(len(tokens), room)
+    while keep > 0:
+        text = decode(tokens[len(tokens) - keep:]).strip() if keep < len(tokens) else prompt
+        if len(encode(" " + text.strip())) <= room:
+            return text or None
+        keep -= 1
+    return None
 
 
 def temperatures(temperature: float | None) -> tuple[float, ...]:

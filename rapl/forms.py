@@ -1,0 +1,85 @@
+"""Multipart form parsing that says which limit a too-large request broke.
+
+Werkzeug answers three different excesses with the same RequestEntityTooLarge: the whole body
+over MAX_CONTENT_LENGTH (MAX_UPLOAD_MB), one form field over MAX_FORM_MEMORY_SIZE, and more
+parts than MAX_FORM_PARTS. The parser here tells the last two apart from the first
+(:class:`FieldTooLarge`, :class:`TooManyParts`), naming the field, so the 413 names the limit
+that was really exceeded (rapl.errors).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import IO, Any
+
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
+
+MAX_REFERENCE_BYTES = 8 * 2**20  # a 2-10 s speaker reference clip, in any format the decoder takes
+# The largest form field: a known_speaker_references data URL of MAX_REFERENCE_BYTES (base64 is 4/3 of
+# the bytes) and its ``data:audio/...;base64,`` head. Every other field is far smaller.
+MAX_FIELD_BYTES = 4 * -(-MAX_REFERENCE_BYTES // 3) + 1024
+# A part's header line: where its field name is. Searched in the bytes read, with some overlap.
+_PART_NAME = re.compile(rb'content-disposition:[^\r\n]*?\bname="([^"\r\n]{0,200})"', re.IGNORECASE)
+_OVERLAP = 512  # bytes of the last read kept for a header split between two reads
+
+
+class FieldTooLarge(RequestEntityTooLarge):
+    """One form field is larger than MAX_FORM_MEMORY_SIZE (the body itself may be within its limit)."""
+
+    def __init__(self, field: str | None, limit: int) -> None:
+        super().__init__()
+        self.field = field
+        self.limit = limit
+
+
+class TooManyParts(RequestEntityTooLarge):
+    """The form has more parts than MAX_FORM_PARTS."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+
+class _PartWatch:
+    """A read-only stream that passes the body through, noting the name of each part it starts."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._tail = b""
+        self.name: str | None = None  # the part being read
+        self.parts = 0
+        self.body_exceeded = False  # the stream itself refused (MAX_CONTENT_LENGTH)
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes of the body."""
+        try:
+            data = self._stream.read(size)
+        except RequestEntityTooLarge:
+            self.body_exceeded = True
+            raise
+        window = self._tail + data
+        names = [m.group(1) for m in _PART_NAME.finditer(window) if m.end() > len(self._tail)]
+        if names:
+            self.parts += len(names)
+            self.name = names[-1].decode("utf-8", "replace")
+        self._tail = window[-_OVERLAP:]
+        return data
+
+
+class FormParser(FormDataParser):
+    """Werkzeug's form parser, raising FieldTooLarge or TooManyParts for what they name."""
+
+    def _parse_multipart(self, stream: IO[bytes], mimetype: str, content_length: int | None,
+                         options: dict[str, str]) -> Any:
+        watch = _PartWatch(stream)
+        try:
+            return super()._parse_multipart(watch, mimetype, content_length, options)  # type: ignore[arg-type]
+        except RequestEntityTooLarge:
+            if watch.body_exceeded:
+                raise
+            if self.max_form_parts is not None and watch.parts > self.max_form_parts:
+                raise TooManyParts(self.max_form_parts) from None
+            if self.max_form_memory_size is not None:
+                raise FieldTooLarge(watch.name, self.max_form_memory_size) from None
+            raise
