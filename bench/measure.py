@@ -1,9 +1,9 @@
-"""Measurement: requests against running servers, timed from outside (latency, throughput, RSS) and
-from inside through each answer's ``Server-Timing`` header (decode, VAD plan, queue wait, model).
+"""Measurement: requests against ``python -m rapl`` in a subprocess, timed from outside (latency,
+throughput, RSS) and from inside through each answer's ``Server-Timing`` header (decode, VAD plan,
+queue wait, model), against the backend library called alone in a separate, clean process
+(bench/direct.py) on the same samples, one at a time, interleaved with the requests.
 
-Nothing here patches or wraps the package: the in-request stages are what the server reports,
-and the reference numbers come from calling ``rapl.pipeline.run`` / ``rapl.audio.decode_recording``
-directly in this process, outside any request.
+Nothing here patches or wraps the package: the in-request stages are what the server reports.
 """
 
 from __future__ import annotations
@@ -12,9 +12,7 @@ import gc
 import io
 import logging
 import math
-import queue as queue_mod
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,16 +22,18 @@ import numpy as np
 import soundfile as sf
 
 from bench import net
+from bench.direct import Direct
 from bench.load import LoadMonitor
 from bench.media import mime
-from bench.servers import InProcessServer, merges, planned_chunks
-from bench.stats import summary
+from bench.stats import summary, wer
 
 log = logging.getLogger("bench")
 NOISY = 0.25  # other processes' mean CPU (cores) above which a measurement is taken again
 RETRIES = 2
 MONITOR: LoadMonitor | None = None  # set by the orchestration (bench.run) for the child process
 NAN = float("nan")
+MB = 2**20
+PAUSE = 0.3  # seconds between a server request and a direct call: OpenMP threads spin a while after work
 
 
 def settle(what: str, limit: float = 120.0) -> float:
@@ -87,16 +87,6 @@ def bodies(clips: dict[str, dict[str, str]], formats: list[str]) -> dict[tuple[s
     return items
 
 
-def direct_run(worker: Any, pcm: Any, chunks: list[Any], label: str = "direct") -> tuple[float, Any]:
-    """``rapl.pipeline.run`` on the loaded model, outside any request: (seconds, result)."""
-    from rapl import pipeline
-    from rapl.transcription import Options
-
-    started = time.perf_counter()
-    result = pipeline.run(worker.backend, pcm, Options(), chunks, label=label, progress=False)
-    return time.perf_counter() - started, result
-
-
 def stages(reply: net.Reply) -> dict[str, float]:
     """One answer's in-request stages, in seconds: latency (outside), the ``Server-Timing`` stages, and what
     they leave: HTTP+Flask (latency − ``openai-processing-ms``, the view's own time) and other (processing −
@@ -113,73 +103,109 @@ def _finite(xs: list[float]) -> list[float]:
     return [x for x in xs if not math.isnan(x)]
 
 
-# --------------------------------------------------------------------------- overhead
+# --------------------------------------------------------------------------- dictation vs the library alone
 
 
-def overhead(backend: str, model: str, clips: dict[str, dict[str, str]], formats: list[str], repeat: int,
-             direct_formats: tuple[str, ...] = ("wav16",)) -> tuple[list[dict[str, Any]], InProcessServer]:
-    """Per clip, format and VAD setting: request latency through the in-process server, split by its
-    Server-Timing header, and ``pipeline.run`` called directly on the same audio and chunks right after.
-    Returns the rows and the VAD=true server (HTTP closed, model kept for direct calls)."""
-    from rapl import audio
+def decoded(work: Path, items: dict[tuple[str, str], dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """Each clip decoded once as the server decodes it (``rapl.audio.decode``; the ffmpeg CLI when that is
+    missing), saved as ``.npy`` for the direct process, so both sides get the very same samples."""
+    out_dir = work / "direct-audio"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for (seconds, fmt), item in items.items():
+        try:
+            from rapl import audio
 
-    items = bodies(clips, formats)
-    decoded = {key: audio.decode_recording(item["data"]) for key, item in items.items()}
-    rows: list[dict[str, Any]] = []
-    kept: InProcessServer | None = None
-    for vad in (False, True):
-        log.info("overhead: %s, VAD=%s", backend, vad)
-        settle(f"overhead, VAD={vad}")
-        srv = InProcessServer(backend, model, vad)
-        chunks = {key: planned_chunks(srv.worker, pcm) for key, pcm in decoded.items()}
-        client = net.Client(srv.port)
-        failed: dict[tuple[str, str], str] = {}
-        for key, item in items.items():  # warm every path once (first requests: see start-up)
-            reply = client.post(item["body"], item["ctype"])
-            if reply.status != 200:  # a request the server cannot answer is a finding, not the end of the run
-                failed[key] = f"HTTP {reply.status}: {reply.body[:200].decode(errors='replace')}"
-            elif "model" not in reply.timing:
-                failed[key] = f"no model stage in Server-Timing: {reply.headers.get('server-timing')!r}"
+            pcm = np.asarray(audio.decode(item["data"]), dtype=np.float32)
+        except ImportError:
+            from bench.media import decode_file
+
+            pcm = decode_file(Path(item["path"]))
+        path = out_dir / f"clip{seconds}s-{fmt}.npy"
+        np.save(path, pcm)
+        paths[(seconds, fmt)] = str(path)
+    return paths
+
+
+def same_text(a: str, b: str) -> bool:
+    """The same words, whitespace aside."""
+    return " ".join(a.split()) == " ".join(b.split())
+
+
+def dictation(srv: net.ServerProcess, direct: Direct, items: dict[tuple[str, str], dict[str, Any]],
+              npys: dict[tuple[str, str], str], repeat: int, pause: float = PAUSE) -> list[dict[str, Any]]:
+    """Per clip and format: the server's latency (``python -m rapl``, timed by the client, one request at a
+    time on a keep-alive connection) against the library called directly in its own process (bench/direct.py)
+    on the same decoded samples. Interleaved: for each repeat (a round), for each case, one request, a pause,
+    one direct call, a pause (neither process's spinning OpenMP threads then take CPU from the other).
+
+    A round during which other processes kept more than NOISY cores busy is run again, up to ``repeat``
+    extra rounds in all; the ``repeat`` quietest rounds are kept."""
+    client = net.Client(srv.port)
+    failed: dict[tuple[str, str], str] = {}
+    for key, item in items.items():  # warm every path on both sides once (first requests: see start-up)
+        reply = client.post(item["body"], item["ctype"])
+        if reply.status != 200:  # a request the server cannot answer is a finding, not the end of the run
+            failed[key] = f"HTTP {reply.status}: {reply.body[:200].decode(errors='replace')}"
+            log.error("dictation %s: %s", key, failed[key])
+        time.sleep(pause)
+        direct.call("dictation", path=npys[key])
+        time.sleep(pause)
+    settle("dictation")
+    rounds: list[tuple[float, dict[tuple[str, str], tuple[net.Reply, dict[str, Any]]]]] = []
+    while len(rounds) < 2 * repeat:
+        if sum(1 for other, _ in rounds if not other > NOISY) >= repeat or \
+                (len(rounds) >= repeat and MONITOR is None):
+            break
+        if len(rounds) >= repeat:
+            log.info("dictation: %d of %d rounds had other processes busy; one more round",
+                     sum(1 for other, _ in rounds if other > NOISY), len(rounds))
+            settle("dictation, extra round", 30)
+        start = time.time()
+        pairs: dict[tuple[str, str], tuple[net.Reply, dict[str, Any]]] = {}
+        for key, item in items.items():
             if key in failed:
-                log.error("overhead %s, VAD=%s: %s", key, vad, failed[key])
-        names = ("latency", "model", "overhead", "http", "decode", "vad_plan", "wait", "other", "vad_alone", "direct")
-        acc: dict[tuple[str, str], dict[str, list[float]]] = {key: {k: [] for k in names} for key in items}
-        texts: dict[tuple[str, str], str] = {}
-        for _rep in range(repeat):
-            for key, item in items.items():
-                if key in failed:
-                    continue
-                reply = client.post(item["body"], item["ctype"])
-                if reply.status != 200:
-                    failed[key] = f"HTTP {reply.status}: {reply.body[:200].decode(errors='replace')}"
-                    continue
-                a = acc[key]
-                for name, value in stages(reply).items():
+                continue
+            reply = client.post(item["body"], item["ctype"])
+            time.sleep(pause)
+            got = direct.call("dictation", path=npys[key])
+            time.sleep(pause)
+            if reply.status != 200:
+                failed[key] = f"HTTP {reply.status}: {reply.body[:200].decode(errors='replace')}"
+                continue
+            pairs[key] = (reply, got)
+        other = other_load(start)
+        rounds.append((0.0 if math.isnan(other) else other, pairs))
+    client.close()
+    kept = sorted(rounds, key=lambda r: r[0])[:repeat]
+    names = ("latency", "model", "overhead", "http", "decode", "vad_plan", "wait", "direct", "pair_ratio")
+    acc: dict[tuple[str, str], dict[str, list[float]]] = {key: {k: [] for k in names} for key in items}
+    texts: dict[tuple[str, str], dict[str, str]] = {}
+    same: dict[tuple[str, str], list[bool]] = {key: [] for key in items}
+    for _other, pairs in kept:
+        for key, (reply, got) in pairs.items():
+            a = acc[key]
+            for name, value in stages(reply).items():
+                if name in a:
                     a[name].append(value)
-                texts.setdefault(key, str((reply.json() or {}).get("text", ""))[:80])
-                if vad and "vad" not in reply.timing:  # the dictation path: Silero ran beside the model,
-                    fresh = audio.decode_recording(item["data"])  # so time it alone, on a fresh recording
-                    started = time.perf_counter()  # (a Recording keeps its speech probabilities)
-                    srv.worker.segmenter.speech(fresh)
-                    a["vad_alone"].append(time.perf_counter() - started)
-                if key[1] in direct_formats:
-                    a["direct"].append(direct_run(srv.worker, decoded[key], chunks[key])[0])
-        client.close()
-        for (seconds, fmt), a in acc.items():
-            key = (seconds, fmt)
-            rows.append({"backend": backend, "clip_s": int(seconds), "format": fmt, "vad": vad,
-                         "chunks": len(chunks[key]), "text": texts.get(key, ""), "samples": len(decoded[key]),
-                         "chunk_samples": [c.end - c.start for c in chunks[key]][:8], "error": failed.get(key),
-                         **{k: summary(_finite(v)) for k, v in a.items()}})
-        if vad:
-            srv.close_http()
-            kept = srv
-        else:
-            srv.close()
-            del srv
-            gc.collect()
-    assert kept is not None
-    return rows, kept
+            a["direct"].append(got["seconds"])
+            a["pair_ratio"].append(reply.seconds / got["seconds"])
+            server_text = str((reply.json() or {}).get("text", ""))
+            texts.setdefault(key, {"server": server_text[:200], "direct": got["text"][:200]})
+            same[key].append(same_text(server_text, got["text"]))
+    other = statistics.mean(r[0] for r in kept) if kept else NAN
+    rows = []
+    for (seconds, fmt), a in acc.items():
+        key = (seconds, fmt)
+        lat, dir_ = summary(a["latency"]), summary(a["direct"])
+        rows.append({"clip_s": int(seconds), "format": fmt, "error": failed.get(key),
+                     "ratio": lat["median"] / dir_["median"] if lat["n"] and dir_["n"] else NAN,
+                     "same_text": bool(same[key]) and all(same[key]),
+                     "same_text_n": f"{sum(same[key])}/{len(same[key])}",
+                     "text": texts.get(key, {}), "other_load": other, "rounds": len(rounds),
+                     "round_loads": [round(r[0], 3) for r in rounds],
+                     **{k: summary(_finite(v)) for k, v in a.items()}})
+    return rows
 
 
 # --------------------------------------------------------------------------- start-up
@@ -221,38 +247,23 @@ def startup(start: Callable[[int], net.ServerProcess], wav: dict[str, Any], m4a:
 # --------------------------------------------------------------------------- queue
 
 
-def queue(port: int, item: dict[str, Any], worker: Any, pcm: Any, chunks: list[Any], requests: int,
-          levels: tuple[int, ...] = (1, 4, 16),
-          variants: dict[str, Callable[[], net.ServerProcess]] | None = None) -> dict[str, Any]:
-    """Throughput and latency with 1/4/16 concurrent clients, /health while busy, each level against serial
-    direct calls of the model run just before it; ``variants`` (name -> a started server) run the top level."""
-    def serial() -> list[float]:
-        times = [direct_run(worker, pcm, chunks)[0] for _ in range(requests)]
-        time.sleep(0.3)
-        return times
-
+def queue(port: int, item: dict[str, Any], direct: Direct, npy: str, requests: int,
+          levels: tuple[int, ...] = (1, 4, 16)) -> dict[str, Any]:
+    """Throughput and latency with 1/4/16 concurrent clients, /health while busy; each level against as many
+    serial calls of the library in the direct process, made just before it (then a pause)."""
     with net.HealthPoller(port) as idle_poll:
         time.sleep(1.5)
     out: dict[str, Any] = {"requests": requests, "idle_health": summary(idle_poll.samples), "levels": []}
-    runs: list[tuple[str, int, int]] = [("", port, c) for c in levels]
-    runs += [(name, 0, max(levels)) for name in (variants or {})]
-    for name, level_port, clients in runs:
-        other_srv: net.ServerProcess | None = None
-        if name:
-            other_srv = (variants or {})[name]()
-            other_srv.wait_ready()
-            warm = net.Client(other_srv.port)
-            check(warm.post(item["body"], item["ctype"]), f"variant {name}")
-            warm.close()
-            level_port = other_srv.port
-
-        def level(clients: int = clients, port: int = level_port) -> dict[str, Any]:
-            direct = serial()  # the model alone, just before this level, so both see the same machine load
+    for clients in levels:
+        def level(clients: int = clients) -> dict[str, Any]:
+            direct_times = direct.call("serial", path=npy, n=requests)["seconds"]  # just before, same machine load
+            time.sleep(PAUSE)
             with net.HealthPoller(port) as poll:
                 wall, replies = net.concurrent_requests(port, [(item["body"], item["ctype"])] * requests, clients)
+            time.sleep(PAUSE)
             ok = [r for r in replies if r.status == 200]
             return {"clients": clients, "wall": wall, "throughput": len(ok) / wall,
-                    "direct": summary(direct), "direct_throughput": requests / sum(direct),
+                    "direct": summary(direct_times), "direct_throughput": requests / sum(direct_times),
                     "latency": summary([r.seconds for r in ok]),
                     "wait": summary([r.timing.get("wait", 0.0) for r in ok]),
                     "model": summary(_finite([r.timing.get("model", NAN) for r in ok])),
@@ -260,39 +271,62 @@ def queue(port: int, item: dict[str, Any], worker: Any, pcm: Any, chunks: list[A
                                for s in sorted({r.status for r in replies})},
                     "health": summary(poll.samples), "health_failures": poll.failures}
 
-        try:
-            lv = quiet(level, f"queue, {clients} clients {name}")
-        finally:
-            if other_srv is not None:
-                other_srv.stop()
-        lv["variant"] = name
+        lv = quiet(level, f"queue, {clients} clients")
         out["levels"].append(lv)
-        log.info("queue: %d clients %s: %.2f req/s (serial direct %.2f), /health p95 %.1f ms (other load %.2f)",
-                 clients, name, lv["throughput"], lv["direct_throughput"], lv["health"]["p95"] * 1000,
-                 lv["other_load"])
+        log.info("queue: %d clients: %.2f req/s (serial direct %.2f), /health p95 %.1f ms (other load %.2f)",
+                 clients, lv["throughput"], lv["direct_throughput"], lv["health"]["p95"] * 1000, lv["other_load"])
     return out
 
 
 # --------------------------------------------------------------------------- long files
 
 
-def long_files(srv: net.ServerProcess, long: dict[str, dict[str, Any]], minutes: list[str],
-               worker: Any) -> list[dict[str, Any]]:
-    """RTF through the server (outside, and its stages from the header) vs direct with the same
-    segmentation; decode speed; the server's peak RSS."""
+def idle_rss(pid: int, seconds: int, baseline: float | None = None) -> dict[str, Any]:
+    """The process's RSS once it has been idle: sampled once a second for up to ``seconds`` s, the lowest
+    kept (the server trims freed heap after about a second idle). Stops early once three samples in a
+    row agree within 1 MB and, given a ``baseline``, the lowest is within 10% of it."""
+    samples: list[int] = []
+    for _ in range(seconds):
+        time.sleep(1.0)
+        samples.append(net.rss(pid))
+        last = samples[-3:]
+        if len(last) == 3 and max(last) - min(last) < MB and (baseline is None or min(samples) <= 1.1 * baseline):
+            break
+    return {"rss": min(samples), "samples": samples, "waited_s": len(samples)}
+
+
+def long_files(srv: net.ServerProcess, direct: Direct, backend: str, model: str, long: dict[str, dict[str, Any]],
+               minutes: list[str]) -> dict[str, Any]:
+    """Per long recording: the server (client timing, its Server-Timing stages, peak RSS, idle RSS after)
+    against the library's own long-form call in the direct process (faster-whisper ``vad_filter=True``;
+    FunASR's fsmn-vad pipeline where its model is there), and for SenseVoice the model over RAPL's own chunks;
+    word error rates of each against the recording's known words."""
+    from bench.servers import long_chunks, segmenter
     from rapl import audio
 
-    rows = []
+    seg = segmenter(backend, model)
+    gc.collect()
+    before = idle_rss(srv.pid, 10)
+    out: dict[str, Any] = {"idle_before": before["rss"], "idle_before_samples": before["samples"], "rows": []}
     for key in minutes:
         spec = long[key]
         path = Path(spec["path"])
         data = path.read_bytes()
+        started = time.perf_counter()  # outside any measurement: decode speed, and RAPL's chunks
+        pcm = audio.decode_recording(data)
+        decode_s = time.perf_counter() - started
+        seconds, audio_bytes = len(pcm) / 16000, len(pcm) * 4
+        started = time.perf_counter()
+        chunks = long_chunks(seg, backend, pcm) if backend == "sensevoice" else []
+        vad_s = time.perf_counter() - started if chunks else NAN
+        del pcm
+        gc.collect()
+        time.sleep(PAUSE)
+        ref = spec.get("reference", "")
 
-        def measure(data: bytes = data, path: Path = path, spec: dict[str, Any] = spec,
-                    key: str = key) -> dict[str, Any]:
+        def measure(data: bytes = data, path: Path = path, key: str = key, chunks: list[Any] = chunks,
+                    ref: str = ref) -> dict[str, Any]:
             body, ctype = net.multipart(data, path.name, "audio/flac")
-            gc.collect()
-            time.sleep(0.5)
             idle = net.rss(srv.pid)
             hwm_ok = net.reset_peak_rss(srv.pid)
             client = net.Client(srv.port)
@@ -302,55 +336,44 @@ def long_files(srv: net.ServerProcess, long: dict[str, dict[str, Any]], minutes:
             hwm = net.peak_rss(srv.pid) if hwm_ok else None
             peak = max(hwm or 0, sampler.peak)
             del body
+            after = idle_rss(srv.pid, 10, out["idle_before"])  # also the pause before the direct process runs
             server_text = str((reply.json() or {}).get("text", ""))
-            started = time.perf_counter()
-            pcm = audio.decode_recording(data)
-            decode_s = time.perf_counter() - started
-            started = time.perf_counter()
-            chunks = planned_chunks(worker, pcm)  # the server's rule: Segmenter.plan past one chunk
-            vad_s = time.perf_counter() - started
-            direct_s, result = direct_run(worker, pcm, chunks)
-            return {"overlap_s": overlapped(worker, pcm), "minutes": float(key), "seconds": len(pcm) / 16000,
-                    "speech_fraction": spec["speech_fraction"], "upload_bytes": len(data),
-                    "server_s": reply.seconds, "server_stages": reply.timing, "direct_s": direct_s,
-                    "vad_s": vad_s, "decode_s": decode_s, "chunks": len(chunks), "idle_rss": idle,
-                    "peak_rss": peak, "peak_source": "VmHWM+sampling" if hwm else "sampling",
-                    "audio_bytes": len(pcm) * 4, "stored_bytes": pcm.stored_bytes(),
-                    "same_text": server_text == result.text, "words": len(result.text.split())}
+            row: dict[str, Any] = {"server_s": reply.seconds, "server_stages": reply.timing, "idle_rss": idle,
+                                   "peak_rss": peak, "peak_source": "VmHWM+sampling" if hwm else "sampling",
+                                   "idle_after": after["rss"], "idle_after_samples": after["samples"],
+                                   "server_wer": wer(ref, server_text) if ref else None,
+                                   "server_words": len(server_text.split())}
+            lib_idle = net.rss(direct.pid)
+            with net.RSSSampler(direct.pid) as lib_sampler:
+                lib = direct.call("longform", check=False, path=str(path))
+            time.sleep(PAUSE)
+            row["library"] = {"seconds": lib.get("seconds", NAN), "error": lib.get("error"),
+                              "unavailable": bool(lib.get("unavailable")), "idle_rss": lib_idle,
+                              "peak_rss": max(lib.get("hwm") or 0, lib_sampler.peak),
+                              "wer": wer(ref, lib["text"]) if ref and "text" in lib else None,
+                              "same_text": same_text(server_text, lib["text"]) if "text" in lib else None}
+            if chunks:  # SenseVoice: the model alone over RAPL's own chunks, in the direct process
+                fb_idle = net.rss(direct.pid)
+                with net.RSSSampler(direct.pid) as fb_sampler:
+                    fb = direct.call("chunks", path=str(path), chunks=chunks)
+                time.sleep(PAUSE)
+                row["chunks_direct"] = {"seconds": fb["seconds"], "idle_rss": fb_idle,
+                                        "peak_rss": max(fb.get("hwm") or 0, fb_sampler.peak),
+                                        "wer": wer(ref, fb["text"]) if ref else None,
+                                        "same_text": same_text(server_text, fb["text"])}
+            return row
 
         row = quiet(measure, f"long {key} min", retries=RETRIES if float(key) <= 10 else 0)
-        rows.append(row)
-        log.info("long %s min: server %.1f s, direct %.1f s, VAD %.1f s, decode %.2f s, peak RSS +%.0f MB "
-                 "(other load %.2f)", key, row["server_s"], row["direct_s"], row["vad_s"], row["decode_s"],
-                 (row["peak_rss"] - row["idle_rss"]) / 2**20, row["other_load"])
+        row.update(minutes=float(key), seconds=seconds, speech_fraction=spec["speech_fraction"],
+                   upload_bytes=len(data), decode_s=decode_s, vad_s=vad_s, chunks=len(chunks) or None,
+                   audio_bytes=audio_bytes, ref_words=len(ref.split()))
+        out["rows"].append(row)
+        lib = row["library"]
+        log.info("long %s min: server %.1f s, library long-form %s, idle RSS %.0f -> %.0f MB (other load %.2f)",
+                 key, row["server_s"], "not measurable" if lib["unavailable"] else f"{lib['seconds']:.1f} s",
+                 out["idle_before"] / MB, row["idle_after"] / MB, row["other_load"])
         gc.collect()
-    return rows
-
-
-def overlapped(worker: Any, pcm: Any, block_seconds: int = 60) -> float:
-    """A proposed long-file pipeline, measured with direct calls: VAD plans block k+1 (a thread, as the
-    request thread would) while the model transcribes block k. Returns the wall time of both together."""
-    from rapl.vad import Chunk
-
-    seg, merge = worker.segmenter, merges(worker)
-    block = block_seconds * 16000
-    planned: queue_mod.Queue[list[Any] | None] = queue_mod.Queue()
-
-    def plan() -> None:
-        for start in range(0, len(pcm), block):
-            chunks = seg.plan(pcm[start:start + block], merge=merge)
-            planned.put([Chunk(c.start + start, c.end + start) for c in chunks])
-        planned.put(None)
-
-    started = time.perf_counter()
-    producer = threading.Thread(target=plan, daemon=True)
-    producer.start()
-    while (chunks := planned.get()) is not None:
-        if chunks:
-            direct_run(worker, pcm, chunks, label="overlap")
-    producer.join()
-    return time.perf_counter() - started
-
+    return out
 
 def speakers(port: int, repeat: int) -> dict[str, Any] | None:
     """Speaker labels' cost: the same real three-turn meeting (JFK, the Mandarin speaker of zh_sample.wav,

@@ -1,5 +1,6 @@
 """The audio the benchmark sends: real speech (en_jfk.flac) and espeak-ng speech, in the
-containers dictation apps upload, plus long recordings of speech joined with quiet gaps.
+containers dictation apps upload, plus long recordings of whole utterances joined with quiet
+gaps, whose words go into the manifest (``reference``) so that word error rates can be computed.
 
 Everything is built once per run under the run's work directory with the ffmpeg CLI,
 espeak-ng and soundfile (this module never imports torch: the whisper measurements must
@@ -21,6 +22,9 @@ RATE = 16000
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_AUDIO = ROOT.parent / "shared" / "audio"
 JFK = SHARED_AUDIO / "en_jfk.flac"
+# its reference transcript (shared/audio/README.md)
+JFK_TEXT = ("And so, my fellow Americans, ask not what your country can do for you, "
+            "ask what you can do for your country.")
 
 # Distinct sentences, so that no 30 s window repeats itself (a repeated text trips
 # Whisper's compression-ratio check and multiplies its time by the fallback temperatures).
@@ -123,28 +127,40 @@ def clip(pool: list[np.ndarray], seconds: float, gap: float = 0.4) -> np.ndarray
 
 
 def recording(pool: list[np.ndarray], minutes: float, seed: int = 0,
-              gaps: tuple[float, float] = (1.0, 6.0), noise: float = 1e-3) -> tuple[np.ndarray, float]:
+              gaps: tuple[float, float] = (1.0, 6.0), noise: float = 1e-3) -> tuple[np.ndarray, float, list[int]]:
     """``minutes`` of speech joined with quiet gaps (light noise, as a real room has).
 
-    Returns the 16 kHz recording and the fraction of it that is speech.
+    Only whole utterances go in (the end is filled with noise), so the words are known: returns the
+    16 kHz recording, the fraction of it that is speech and the pool indices of its utterances, in order.
     """
     rng = np.random.default_rng(seed)
     need = int(minutes * 60 * RATE)
     out = np.empty(need, dtype=np.float32)
     at = speech = 0
     order: list[int] = []
+    said: list[int] = []
     while at < need:
         if not order:
             order = list(rng.permutation(len(pool)))
         n = min(int(rng.uniform(*gaps) * RATE), need - at)
         out[at:at + n] = rng.normal(0.0, noise, n)
         at += n
-        part = pool[order.pop()]
-        n = min(len(part), need - at)
-        out[at:at + n] = part[:n]
-        at += n
-        speech += n
-    return out, speech / need
+        index = int(order.pop())
+        part = pool[index]
+        if at + len(part) > need:  # no room for all of it: noise to the end
+            out[at:] = rng.normal(0.0, noise, need - at)
+            break
+        out[at:at + len(part)] = part
+        at += len(part)
+        speech += len(part)
+        said.append(index)
+    return out, speech / need, said
+
+
+def reference(said: list[int]) -> str:
+    """The words of a recording whose utterances are ``said`` (pool indices: 0 is en_jfk.flac)."""
+    texts = (JFK_TEXT, *SENTENCES)
+    return " ".join(texts[i] for i in said)
 
 
 def build(work: Path, clip_seconds: list[int], long_minutes: list[float]) -> dict[str, Any]:
@@ -158,11 +174,12 @@ def build(work: Path, clip_seconds: list[int], long_minutes: list[float]) -> dic
         wav.write_bytes(pcm16_bytes(clip(pool, seconds)))
         manifest["clips"][str(seconds)] = {fmt: str(encode(wav, fmt, media)) for fmt in FORMATS}
     for minutes in long_minutes:
-        pcm, speech = recording(pool, minutes, seed=int(minutes))
+        pcm, speech, said = recording(pool, minutes, seed=int(minutes))
         path = media / f"long{minutes:g}min.flac"
         path.write_bytes(pcm16_bytes(pcm, "FLAC"))
         manifest["long"][f"{minutes:g}"] = {"path": str(path), "seconds": len(pcm) / RATE,
-                                            "speech_fraction": speech, "bytes": path.stat().st_size}
+                                            "speech_fraction": speech, "bytes": path.stat().st_size,
+                                            "utterances": len(said), "reference": reference(said)}
         del pcm
     (work / "media.json").write_text(json.dumps(manifest, indent=1))
     return manifest

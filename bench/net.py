@@ -22,6 +22,15 @@ HOST = "127.0.0.1"
 TRANSCRIBE = "/v1/audio/transcriptions"
 
 
+def log_tail(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log file, joined with " | " ("" when it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
 def free_port() -> int:
     """A TCP port nothing listens on now (loopback)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -297,11 +306,7 @@ class ServerProcess:
 
     def tail(self, lines: int = 8) -> str:
         """The last lines of the server's log."""
-        try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in text[-lines:])
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
         """Terminate (then kill) the process."""

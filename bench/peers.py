@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,6 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV = ROOT / "bench" / ".venv-peers"
 PEER_PACKAGES = ("faster-whisper-server", "fastapi", "uvicorn", "python-multipart")
 log = logging.getLogger("bench")
+_ERROR = re.compile(r"^[\w.]*(Error|Exception|Exit|Interrupt)\b[^:]*:")
+
+
+def last_error(log_path: Path) -> str:
+    """The last ``SomeError: ...`` line of a server's log (not the import warnings FunASR lists), or ""."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    found = [line.strip() for line in lines if _ERROR.match(line.strip())]
+    return found[-1][:300] if found else ""
 
 
 def venv_python() -> Path:
@@ -99,7 +111,7 @@ def run(backend: str, model: str, work: Path, clips: dict[str, dict[str, str]], 
     out: dict[str, Any] = {"backend": backend, "model": model, "servers": [], "skipped": []}
     if python is None:
         out["skipped"].append(reason)
-    cases = [("5", "wav16"), ("10", "wav16"), ("10", "m4a")]
+    cases = [("3", "wav16"), ("10", "wav16"), ("10", "m4a")]
     cases = [(s, f) for s, f in cases if s in clips]
     bodies = {}
     for seconds, fmt in cases:
@@ -133,7 +145,8 @@ def run(backend: str, model: str, work: Path, clips: dict[str, dict[str, str]], 
                 running.append((spec, srv, row))
             except Exception as exc:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
                 srv.stop()
-                out["skipped"].append(f"{spec['name']}: {type(exc).__name__}: {exc} (log: {srv.tail(3)})")
+                why = last_error(srv.log_path) or f"{type(exc).__name__}: {str(exc)[:300]}"
+                out["skipped"].append(f"{spec['name']}: {why} (log: {srv.log_path.name})")
         samples: dict[tuple[str, tuple[str, str]], list[float]] = {}
         for rep in range(repeat):
             order = running[rep % len(running):] + running[:rep % len(running)] if running else []

@@ -1,14 +1,15 @@
-"""RAPL's benchmark: the real server on loopback, measured side by side in one run.
+"""RAPL's benchmark: the real server on loopback against the backend library alone, side by side in one run.
 
-    python -m bench                       # everything, both backends (about 15 minutes on 2 cores)
-    python -m bench --quick               # a few minutes: fewer repeats, no 30 s clip, no 60-minute file
+    python -m bench                       # everything, both backends (about 15 minutes on a quiet 2-core machine)
+    python -m bench --quick               # fewer repeats, no 30 s clip, shorter long files
     python bench/run.py --backend whisper --repeat 7 --json out.json
 
 It prints Markdown tables (medians over repeated runs with [min–max], and ratios) and a
-list of the performance targets, met or missed. See bench/README.md.
+table of the performance targets, met or missed. See bench/README.md.
 
 This module is the orchestration: which backends, servers and cases run, in which process and
-order. bench/measure.py takes the measurements, bench/report.py turns them into tables and JSON.
+order. bench/measure.py takes the measurements (bench/direct.py is the library-alone process),
+bench/report.py turns them into tables and JSON.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -31,14 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/ first on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
-from bench import decode_bench, measure, media, peers, report  # noqa: E402
+from bench import decode_bench, measure, media, net, peers, report  # noqa: E402
+from bench.direct import Direct  # noqa: E402
 from bench.load import LoadMonitor, loadavg, machine  # noqa: E402
-from bench.servers import PLAIN, SWITCH_1MS, planned_chunks, start_rapl  # noqa: E402
+from bench.servers import start_rapl  # noqa: E402
 
 log = logging.getLogger("bench")
 BACKENDS = ("sensevoice", "whisper")
-# Budgets that keep the full run near 15 minutes on 2 cores: Whisper tiny.en transcribes
-# speech at about 15x real time here, the tiny SenseVoice model at about 100x.
+# Budgets that keep the full run near 20 minutes on 2 cores: Whisper tiny.en transcribes
+# speech at about 15x real time here, the tiny SenseVoice model at about 100x, and each long
+# file runs twice (the server, then the library alone).
 LONG_DEFAULT = {"full": {"sensevoice": "1,10,60", "whisper": "1,10"},
                 "quick": {"sensevoice": "1,10", "whisper": "1"}}
 
@@ -49,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=(*BACKENDS, "all"), default="all", help="backend(s) to measure (all)")
     p.add_argument("--repeat", type=int, default=None, help="repeats per measurement (full 5, quick 3)")
-    p.add_argument("--quick", action="store_true", help="short run: 3 repeats, 5 and 10 s clips, no 60-min file")
+    p.add_argument("--quick", action="store_true", help="short run: 3 repeats, 3 and 10 s clips, no 60-min file")
     p.add_argument("--json", metavar="OUT", help="also write every raw measurement to this JSON file")
     p.add_argument("--work", help="work directory for media, logs, results (bench/results/<time>)")
     p.add_argument("--long-sensevoice", help="long-file lengths in minutes (full 1,10,60; quick 1,10)")
@@ -61,16 +63,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
-    p.add_argument("--clips", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--formats", default=",".join(media.FORMATS), help=argparse.SUPPRESS)
+    p.add_argument("--clips", default=None, help="dictation clip lengths in seconds (full 3,10,30; quick 3,10)")
+    p.add_argument("--formats", default="wav16,m4a", help=argparse.SUPPRESS)
     p.add_argument("--long", default="", help=argparse.SUPPRESS)
     p.add_argument("--startup-runs", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--queue-requests", type=int, default=16, help=argparse.SUPPRESS)
+    p.add_argument("--queue-requests", type=int, default=16, help="requests per queue level (16)")
     args = p.parse_args(argv)
     mode = "quick" if args.quick else "full"
     args.mode = mode
     args.repeat = args.repeat or (3 if args.quick else 5)
-    args.clips = args.clips or ("5,10" if args.quick else "5,10,30")
+    args.clips = args.clips or ("3,10" if args.quick else "3,10,30")
     args.clip_list = [int(x) for x in args.clips.split(",") if x]
     args.format_list = [x for x in args.formats.split(",") if x]
     args.long_list = [float(x) for x in args.long.split(",") if x]
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.perf_counter()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    work = Path(args.work) if args.work else ROOT / "bench" / "results" / stamp
+    work = Path(args.work).resolve() if args.work else ROOT / "bench" / "results" / stamp  # peers run elsewhere
     work.mkdir(parents=True, exist_ok=True)
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     results: dict[str, Any] = {"mode": args.mode, "repeat": args.repeat, "started": stamp, "machine": machine(ROOT),
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     monitor.wait_quiet(measure.NOISY, 120, log, "decode")
     t, w = time.perf_counter(), time.time()
     decode_clips = {k: v for k, v in manifest["clips"].items() if k in ("10", "30")}
-    results["decode"] = decode_bench.run(decode_clips, args.format_list, max(5, 2 * args.repeat))
+    results["decode"] = decode_bench.run(decode_clips, list(media.FORMATS), max(5, 2 * args.repeat))
     mark("decode", t, w)
 
     models: dict[str, Path] = {}
@@ -199,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_backend(args: argparse.Namespace) -> int:
     """The child process: measure one backend, write its JSON to ``args.child_out``.
 
-    Order: overhead (in-process server, VAD off then on; the VAD=true server's model is kept for
-    direct calls), start-up (``python -m rapl`` subprocesses; the last keeps running), queue against
-    that server and the variants, long files through it.
+    It loads no model itself. Order: start-up (``python -m rapl`` subprocesses; the last keeps running),
+    the direct process (bench/direct.py: the library alone, loaded once), dictation (server vs direct,
+    interleaved), long files, queue, speaker labels (whisper).
     """
     work = Path(args.work)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
@@ -215,8 +217,8 @@ def run_backend(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"backend": backend, "model": model, "errors": [], "windows": {}, "section_s": {}}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below: stop the servers
     measure.MONITOR = LoadMonitor().start()
-    kept: Any = None
     srv: Any = None
+    direct: Direct | None = None
 
     def section(name: str, fn: Callable[[], Any]) -> Any:
         started = time.perf_counter()
@@ -232,40 +234,47 @@ def run_backend(args: argparse.Namespace) -> int:
             out["section_s"][name] = time.perf_counter() - started
             out["windows"][name][1] = time.time()
 
-    def rapl(name: str, code: str | None = None, **env: str) -> Callable[..., Any]:
+    def rapl(name: str) -> Callable[..., Any]:
         def start(run: int = 0) -> Any:
-            return start_rapl(f"rapl-{name}", backend, model, work / f"server-{backend}-{name}-{run}.log", code,
-                              **env)
+            return start_rapl(f"rapl-{name}", backend, model, work / f"server-{backend}-{name}-{run}.log")
         return start
 
+    def start_direct() -> dict[str, Any]:
+        nonlocal direct
+        measure.settle("direct process start")
+        direct = Direct(backend, model, work / f"direct-{backend}.log")
+        info = direct.wait_ready()
+        time.sleep(1.0)
+        info["idle_rss_outside"] = net.rss(direct.pid)
+        log.info("direct %s: ready in %.2f s (load %.2f s, warm-up %.2f s), idle RSS %.0f MB, torch %s, rapl %s",
+                 backend, info["ready_s"], info["load_s"], info["warm_s"], info["idle_rss_outside"] / 2**20,
+                 "imported" if info["torch_imported"] else "not imported", info["rapl_imported"] or "not imported")
+        return info
+
     try:
-        got = section("overhead", lambda: measure.overhead(backend, model, clips, args.format_list, args.repeat))
-        if got is not None:
-            out["overhead"], kept = got
         ref = measure.bodies({"10": manifest["clips"]["10"]}, ["wav16", "m4a"])
         wav, m4a = ref[("10", "wav16")], ref[("10", "m4a")]
         got = section("startup", lambda: measure.startup(rapl("default"), wav, m4a, args.startup_runs))
         if got is not None:
             out["startup"], srv = got
-        if kept is not None and srv is not None:
-            from rapl import audio
-
-            pcm = audio.decode_recording(wav["data"])
-            chunks = planned_chunks(kept.worker, pcm)
-            spare = str(max(1, (os.cpu_count() or 1) - 1))
-            variants = {"proposed: sys.setswitchinterval(0.001)": rapl("switch", SWITCH_1MS),
-                        f"proposed: THREADS={spare}": rapl("threads", PLAIN, THREADS=spare)}
-            section("queue", lambda: measure.queue(srv.port, wav, kept.worker, pcm, chunks, args.queue_requests,
-                                                   variants=variants))
+        if srv is not None:
+            section("direct", start_direct)
+        if srv is not None and direct is not None:
+            items = measure.bodies(clips, args.format_list)
+            npys = measure.decoded(work, {**items, ("10", "wav16"): wav})
+            section("dictation", lambda: measure.dictation(srv, direct, items, npys, args.repeat))
             minutes = [m for m in (f"{x:g}" for x in args.long_list) if m in manifest["long"]]
-            section("long", lambda: measure.long_files(srv, manifest["long"], minutes, kept.worker))
+            if minutes:  # before the queue: the idle baseline is a dictation server's, not 16 clients' leftovers
+                section("long", lambda: measure.long_files(srv, direct, backend, model, manifest["long"], minutes))
+            section("queue", lambda: measure.queue(srv.port, wav, direct, npys[("10", "wav16")],
+                                                   args.queue_requests))
         if srv is not None and backend == "whisper":
             section("speakers", lambda: measure.speakers(srv.port, args.repeat))
     finally:
         if srv is not None:
             srv.stop()
-        if kept is not None:
-            kept.worker.shutdown()
+        if direct is not None:
+            direct.stop()
         measure.MONITOR.stop()
         Path(args.child_out).write_text(json.dumps(out, indent=1, default=str))
     return 0

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 
 def summary(samples: Sequence[float]) -> dict[str, Any]:
@@ -69,3 +72,43 @@ def verdict(ok: bool | None) -> str:
     if ok is None:
         return "not measured"
     return "met" if ok else "**MISSED**"
+
+
+_NOT_WORD = re.compile(r"[^\w']+")
+
+
+def words(text: str) -> list[str]:
+    """Lowercase words without punctuation (apostrophes inside a word kept): what the word error rate compares."""
+    return [w.strip("'") for w in _NOT_WORD.sub(" ", text.lower()).split() if w.strip("'")]
+
+
+def word_errors(ref: list[str], hyp: list[str]) -> int:
+    """Substitutions + deletions + insertions that turn ``ref`` into ``hyp`` (Levenshtein over words,
+    one numpy row per reference word: the insertion chain is a running minimum)."""
+    if not ref or not hyp:
+        return max(len(ref), len(hyp))
+    ids: dict[str, int] = {}
+    h = np.array([ids.setdefault(w, len(ids)) for w in hyp])
+    cols = np.arange(len(hyp) + 1)
+    prev = cols.copy()
+    for i, word in enumerate(ref, start=1):
+        cost = (h != ids.get(word, -1)).astype(np.int64)
+        best = np.empty_like(prev)
+        best[0] = i
+        best[1:] = np.minimum(prev[1:] + 1, prev[:-1] + cost)  # deletion, substitution/match
+        prev = np.minimum.accumulate(best - cols) + cols  # insertion: best[j] = min_k best[k] + (j - k)
+    return int(prev[-1])
+
+
+def wer(reference: str, hypothesis: str) -> dict[str, Any]:
+    """Word error rate of ``hypothesis`` against ``reference`` on normalised words (jiwer when installed)."""
+    ref, hyp = words(reference), words(hypothesis)
+    try:
+        import jiwer
+
+        rate = float(jiwer.wer(" ".join(ref), " ".join(hyp))) if ref else math.nan
+        tool = f"jiwer {getattr(jiwer, '__version__', '')}".strip()
+    except ImportError:
+        rate = word_errors(ref, hyp) / len(ref) if ref else math.nan
+        tool = "edit distance (bench.stats)"
+    return {"wer": rate, "ref_words": len(ref), "hyp_words": len(hyp), "tool": tool}

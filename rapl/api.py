@@ -31,6 +31,8 @@ bp = Blueprint("api", __name__)
 PREFIXES = ("/v1", "", "/v1/v1")
 # OpenAI's speech-to-text model names: requests may use any of them (or any name at all).
 OPENAI_MODELS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+# A body this large is trimmed from the heap once the model is idle (rapl.heap keeps freed memory).
+TRIM_BODY_BYTES = 32 * 2**20
 
 
 def worker() -> ModelWorker:
@@ -60,6 +62,14 @@ def _upload() -> IO[bytes]:
 
 
 def _handle(task: str) -> Response:
+    try:
+        return _transcribe(task)
+    finally:
+        if (request.content_length or 0) > TRIM_BODY_BYTES:  # its memory goes back once the model is idle
+            worker().trim_when_idle()
+
+
+def _transcribe(task: str) -> Response:
     started = time.perf_counter()
     stats: dict[str, Any] = {"id": request_id(), "task": task}
     g.rapl_stats = stats

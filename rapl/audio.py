@@ -128,26 +128,9 @@ def release(*streams: Any) -> None:
     """Free the bytes of in-memory streams once the upload is decoded: the multipart file and the
     request body the server kept (waitress keeps bodies up to MAX_UPLOAD_MB in a BytesIO). A request
     waiting for the model then holds its audio once, not its upload twice more. Files and other
-    streams are left alone."""
+    streams are left alone. (The freed pages go back to the system later, off the request path:
+    rapl.heap.)"""
     for stream in streams:
         if isinstance(stream, io.BytesIO):
             stream.seek(0)
             stream.truncate()
-    _trim()
-
-
-def _trim() -> None:
-    """Hand freed heap memory back to the system (glibc keeps it per thread otherwise)."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM: Any = None

@@ -19,9 +19,10 @@ MAX_REFERENCE_BYTES = 8 * 2**20  # a 2-10 s speaker reference clip, in any forma
 # The largest form field: a known_speaker_references data URL of MAX_REFERENCE_BYTES (base64 is 4/3 of
 # the bytes) and its ``data:audio/...;base64,`` head. Every other field is far smaller.
 MAX_FIELD_BYTES = 4 * -(-MAX_REFERENCE_BYTES // 3) + 1024
-# A part's header line: where its field name is. Searched in the bytes read, with some overlap.
+# A part's header line: where its field name is. Searched only just after each boundary (found with
+# bytes.find: a regex over every byte of a 300 KB upload cost 3 ms a request), with some overlap.
 _PART_NAME = re.compile(rb'content-disposition:[^\r\n]*?\bname="([^"\r\n]{0,200})"', re.IGNORECASE)
-_OVERLAP = 512  # bytes of the last read kept for a header split between two reads
+_HEADER_SPAN = 1024  # bytes after a boundary searched for the part's name
 
 
 class FieldTooLarge(RequestEntityTooLarge):
@@ -44,9 +45,11 @@ class TooManyParts(RequestEntityTooLarge):
 class _PartWatch:
     """A read-only stream that passes the body through, noting the name of each part it starts."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], boundary: bytes) -> None:
         self._stream = stream
-        self._tail = b""
+        self._marker = b"--" + boundary
+        self._overlap = _HEADER_SPAN + len(self._marker)  # bytes of the last read kept: a header split
+        self._tail = b""  # between two reads is found in the next
         self.name: str | None = None  # the part being read
         self.parts = 0
         self.body_exceeded = False  # the stream itself refused (MAX_CONTENT_LENGTH)
@@ -59,11 +62,14 @@ class _PartWatch:
             self.body_exceeded = True
             raise
         window = self._tail + data
-        names = [m.group(1) for m in _PART_NAME.finditer(window) if m.end() > len(self._tail)]
-        if names:
-            self.parts += len(names)
-            self.name = names[-1].decode("utf-8", "replace")
-        self._tail = window[-_OVERLAP:]
+        at = window.find(self._marker)
+        while at >= 0:
+            match = _PART_NAME.search(window, at, at + self._overlap)
+            if match and match.end() > len(self._tail):  # not counted in the last read
+                self.parts += 1
+                self.name = match.group(1).decode("utf-8", "replace")
+            at = window.find(self._marker, at + 1)
+        self._tail = window[-self._overlap:]
         return data
 
 
@@ -72,7 +78,7 @@ class FormParser(FormDataParser):
 
     def _parse_multipart(self, stream: IO[bytes], mimetype: str, content_length: int | None,
                          options: dict[str, str]) -> Any:
-        watch = _PartWatch(stream)
+        watch = _PartWatch(stream, options.get("boundary", "").encode("latin-1", "replace"))
         try:
             return super()._parse_multipart(watch, mimetype, content_length, options)  # type: ignore[arg-type]
         except RequestEntityTooLarge:

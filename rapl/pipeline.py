@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 from tqdm import tqdm
@@ -52,6 +53,17 @@ def check_options(caps: Capabilities, options: Options, model: str) -> None:
             raise Unsupported(f"{_cap(model)} {why}.", param=param, code=code)
 
 
+def _placed(segment: Segment, chunk: Chunk) -> Segment:
+    """``segment`` (timed in the chunk's audio) timed in the recording: shifted, and where the chunk
+    left pauses out, each time mapped back to its piece of speech."""
+    if not chunk.pieces:
+        return segment.shifted(chunk.offset)
+    start, end = chunk.to_recording(segment.start), chunk.to_recording(segment.end, ending=True)
+    words = tuple(replace(w, start=chunk.to_recording(w.start), end=chunk.to_recording(w.end, ending=True))
+                  for w in segment.words)
+    return replace(segment, start=start, end=max(start, end), words=words).shifted(chunk.offset)
+
+
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -73,9 +85,9 @@ def run(backend: Backend, audio: np.ndarray, options: Options, chunks: list[Chun
             bar.set_postfix_str(f"RTF {(time.perf_counter() - started) / max(bar.n, 1e-6):.3f}", refresh=False)
 
         for chunk in chunks:
-            for segment in backend.transcribe(audio[chunk.start:chunk.end], options):
+            for segment in backend.transcribe(chunk.samples(audio), options):
                 after = segments[-1].end if segments else 0.0
-                placed = clamp([segment.shifted(chunk.offset)], chunk.offset, chunk.end / RATE, after)[0]
+                placed = clamp([_placed(segment, chunk)], chunk.offset, chunk.end / RATE, after)[0]
                 segments.append(placed)
                 advance(placed.end)
                 if on_segment is not None:

@@ -148,6 +148,9 @@ class Server:
     def __init__(self, settings: Settings, **given: Any) -> None:
         from waitress.server import MultiSocketServer, create_server
 
+        from . import heap
+
+        heap.keep_freed()  # before waitress starts its threads: they share the heap's arenas
         self.settings = settings
         self.given = dict(given)
         self.adjustments = merge(adjustments(settings), given)

@@ -75,17 +75,17 @@ class Transcriber:
         streamed, the model starts on it while the VAD looks for speech in this thread, so the VAD
         adds no latency; no speech: the job is withdrawn if it has not started, and the answer is
         empty text either way. Digital silence never reaches the model. Longer audio is cut at
-        pauses; its first chunk is short, so a stream's first words come early.
+        pauses (rapl.vad: for Whisper, packed speech with the pauses left out).
         """
         pcm, request = job.audio, job.request
         segmenter = self.worker.segmenter.tuned(request.options.vad)
         if request.response_format in ("json", "text") and segmenter.enabled and len(pcm) <= segmenter.max_chunk:
             if pcm.peak < SILENT_PEAK:
                 return _finished(self._run(job, []))
-            if on_segment is not None and not segmenter.speech(pcm):  # a stream must not see a withdrawn job
+            if on_segment is not None and not segmenter.heard(pcm):  # a stream must not see a withdrawn job
                 return _finished(self._run(job, []))
             future = self._submit(job, [Chunk(0, len(pcm))], on_segment)
-            if on_segment is not None or segmenter.speech(pcm):
+            if on_segment is not None or segmenter.heard(pcm):
                 return future
             self.worker.withdraw(future)
             return _finished(self._run(job, []))
@@ -103,7 +103,7 @@ class Transcriber:
             job.stats["wait"] = time.perf_counter() - queued
             return self._run(job, chunks, on_segment)
 
-        return self.worker.submit(work, job.is_connected)
+        return self.worker.submit(work, job.is_connected, seconds=len(job.audio) / RATE)
 
     def _run(self, job: Job, chunks: list[Chunk], on_segment: OnSegment | None = None) -> Transcription:
         """The model, then the replacement rules (on each segment as it comes) and the speaker labels."""
@@ -124,7 +124,7 @@ class Transcriber:
     def _label(self, job: Job, segments: list[Segment], chunks: list[Chunk]) -> list[Segment]:
         started = time.perf_counter()
         audio = job.audio[0:len(job.audio)]
-        spans = [(c.start / RATE, c.end / RATE) for c in chunks]
+        spans = [(start / RATE, end / RATE) for c in chunks for start, end in c.spans]
         try:
             labels = self.diarizer.assign(audio, segments, speech_spans=spans, known=job.known,
                                           num_speakers=job.request.num_speakers)

@@ -3,14 +3,24 @@
 Silero VAD (the ONNX model that faster-whisper ships in its package) finds speech; the
 audio is then cut into chunks no longer than MAX_CHUNK_SECONDS at pauses of at least
 MIN_SILENCE_MS, so silence never reaches the model and every chunk keeps its offset.
+
+For models that segment audio themselves (Whisper), neighbouring stretches of speech are
+joined into one chunk with the pauses between them left out (each keeps its padding), as
+faster-whisper's own ``vad_filter`` does: Whisper encodes every chunk as a 30 s window, so
+a chunk of packed speech needs fewer windows than one that carries its pauses along. The
+chunk maps the model's times back to the recording's.
 """
 
 from __future__ import annotations
 
+import bisect
 import copy
+import itertools
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,21 +35,63 @@ _WINDOW = 512  # samples Silero judges at a time
 _CONTEXT = 64  # samples of the window before that it sees too
 _BATCH_PAGES = 2  # pages (4 s) per Silero call: its buffers stay a few MB
 _PAD_MS = 200  # speech kept on each side of a detected span
+KEPT_PAUSE_SECONDS = 2.0  # the longest pause a packed chunk keeps, speech to speech (longer ones shortened)
 _MIN_SAMPLES = RATE // 10  # no speech fits in less than 0.1 s; models fail on a few samples
-FIRST_CHUNK_SECONDS = 10  # a long recording's first chunk: short, so a stream's first words come early
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of the audio to transcribe, in samples."""
+    """A piece of the audio to transcribe, in samples: all of ``start:end``, or only its ``pieces``
+    (stretches of speech, in order, inside it), joined with the pauses between them left out."""
 
     start: int
     end: int
+    pieces: tuple[tuple[int, int], ...] = ()
 
     @property
     def offset(self) -> float:
         """Where the chunk starts, in seconds."""
         return self.start / RATE
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """The stretches of the recording the model is given, in samples."""
+        return self.pieces or ((self.start, self.end),)
+
+    @property
+    def length(self) -> int:
+        """Samples the model is given."""
+        return sum(end - start for start, end in self.spans)
+
+    def samples(self, audio: np.ndarray | Recording) -> np.ndarray:
+        """The audio the model is given."""
+        if not self.pieces:
+            return audio[self.start:self.end]
+        return np.concatenate([audio[start:end] for start, end in self.pieces])
+
+    def to_recording(self, seconds: float, ending: bool = False) -> float:
+        """A time in the chunk's audio (seconds) as a time in the recording, relative to its start.
+
+        A time on the seam of two pieces belongs to the later piece, or to the earlier one when it
+        ``ending`` a segment or word.
+        """
+        if not self.pieces:
+            return seconds
+        at = seconds * RATE
+        ends = list(_running_ends(self.pieces))
+        index = (bisect.bisect_left if ending else bisect.bisect_right)(ends, at)
+        index = min(index, len(self.pieces) - 1)
+        before = ends[index - 1] if index else 0
+        start, end = self.pieces[index]
+        return (min(start + max(at - before, 0), end) - self.start) / RATE
+
+
+def _running_ends(pieces: tuple[tuple[int, int], ...]) -> list[int]:
+    total, out = 0, []
+    for start, end in pieces:
+        total += end - start
+        out.append(total)
+    return out
 
 
 class Segmenter:
@@ -89,6 +141,15 @@ class Segmenter:
         return _timestamps(probs, len(audio), threshold=self.threshold,
                            min_silence=max(self.min_silence, RATE // 1000), max_speech=self.max_chunk, pad=pad)
 
+    def heard(self, audio: np.ndarray | Recording) -> bool:
+        """Whether ``audio`` holds any speech: ``bool(self.speech(audio))``, but Silero stops at the
+        first few seconds that hold some (the dictation path asks only this, beside the model)."""
+        recording = audio if isinstance(audio, Recording) else Recording.wrap(audio)
+        if recording.speech_probs is not None:
+            return bool(self.speech(recording))
+        ladder = itertools.chain((16, 32, 64), itertools.repeat(128))  # 0.5 s first: speech starts early
+        return any(float(probs.max()) >= self.threshold for _first, probs in _batches(recording, ladder))
+
     def _windows(self, total: int) -> list[Chunk]:
         """Fixed windows of MAX_CHUNK_SECONDS (VAD off); a tail under a second joins the window before."""
         chunks = [Chunk(s, min(s + self.max_chunk, total)) for s in range(0, total, self.max_chunk)]
@@ -97,22 +158,39 @@ class Segmenter:
         return [c for c in chunks if c.end - c.start >= _MIN_SAMPLES]
 
     def plan(self, audio: np.ndarray, merge: bool = True) -> list[Chunk]:
-        """The chunks to transcribe. ``merge`` joins neighbouring spans up to MAX_CHUNK_SECONDS
-        for models that segment well themselves (in a recording longer than one chunk, the first
-        only up to FIRST_CHUNK_SECONDS, so its first words are ready early); otherwise each pause
-        starts a new chunk."""
+        """The chunks to transcribe. ``merge`` (models that segment well themselves) joins
+        neighbouring spans into chunks of up to MAX_CHUNK_SECONDS; in a recording longer than
+        that, longer pauses are shortened to KEPT_PAUSE_SECONDS inside a chunk (the rest is left
+        out). Otherwise each pause starts a new chunk. Streamed or not, and whatever the response
+        format, the plan is the same, so are the words."""
         if not self.enabled:
             return self._windows(len(audio))
+        pack = merge and len(audio) > self.max_chunk
+        kept = max(0, int(KEPT_PAUSE_SECONDS * RATE) - 2 * min(self.pad_ms * RATE // 1000, self.max_chunk // 4))
         chunks: list[Chunk] = []
-        first_limit = min(self.max_chunk, FIRST_CHUNK_SECONDS * RATE) if len(audio) > self.max_chunk \
-            else self.max_chunk
         for start, end in self.speech(audio):
-            limit = self.max_chunk if len(chunks) > 1 else first_limit
-            if merge and chunks and end - chunks[-1].start <= limit:
-                chunks[-1] = Chunk(chunks[-1].start, end)
-            else:
-                chunks.append(Chunk(start, end))
+            last = chunks[-1] if chunks else None
+            if last is not None and pack:
+                pieces = _joined(last.spans, (start, end), kept, len(audio))
+                if sum(b - a for a, b in pieces) <= self.max_chunk:
+                    chunks[-1] = Chunk(pieces[0][0], pieces[-1][1], pieces if len(pieces) > 1 else ())
+                    continue
+            elif last is not None and merge and end - last.start <= self.max_chunk:
+                chunks[-1] = Chunk(last.start, end)
+                continue
+            chunks.append(Chunk(start, end))
         return chunks
+
+
+def _joined(spans: tuple[tuple[int, int], ...], span: tuple[int, int], kept: int,
+            total: int) -> tuple[tuple[int, int], ...]:
+    """``spans`` and ``span`` after them: one piece across a pause of at most ``kept`` samples (beyond
+    the spans' padding), else two pieces with ``kept`` of the pause between them, half on each side."""
+    (start, end), (last_start, last_end) = span, spans[-1]
+    if start - last_end <= kept:
+        return (*spans[:-1], (last_start, max(end, last_end)))
+    half = kept // 2
+    return (*spans[:-1], (last_start, last_end + half), (max(start - half, 0), min(end, total)))
 
 
 def speech_probs(audio: np.ndarray | Recording) -> np.ndarray:
@@ -124,17 +202,28 @@ def speech_probs(audio: np.ndarray | Recording) -> np.ndarray:
 
 
 def _probabilities(recording: Recording) -> np.ndarray:
-    """Run Silero over the loud pages, _BATCH_PAGES at a time; a silent page scores 0 and resets it."""
+    """Silero's probabilities for the whole recording (a silent page scores 0)."""
+    probs = np.zeros(-(-len(recording) // _WINDOW), dtype=np.float32)
+    for first, batch in _batches(recording):
+        probs[first:first + len(batch)] = batch
+    return probs
+
+
+def _batches(recording: Recording, sizes: Iterator[int] | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Run Silero over the loud pages, _BATCH_PAGES at a time, in order: (first window, probabilities).
+
+    ``sizes`` (windows per Silero call, in turn) cuts the batches finer, so a caller that stops
+    early has run little (Silero's state carries over from call to call: the probabilities are the
+    same). A silent page is skipped and resets Silero's state, as a real pause would.
+    """
     from faster_whisper.vad import get_vad_model
 
     model = get_vad_model()
-    total = len(recording)
-    probs = np.zeros(-(-total // _WINDOW), dtype=np.float32)
     state: list[np.ndarray] = []  # h, c and the last context of the loud stretch being read
     batch: list[np.ndarray] = []
     first = 0  # the batch's first window
 
-    def run() -> None:
+    def run() -> Iterator[tuple[int, np.ndarray]]:
         nonlocal batch
         if not batch:
             return
@@ -143,29 +232,37 @@ def _probabilities(recording: Recording) -> np.ndarray:
         if samples.size % _WINDOW:
             samples = np.pad(samples, (0, _WINDOW - samples.size % _WINDOW))
         windows = samples.reshape(-1, _WINDOW)
-        if not state:
-            zeros = np.zeros((1, 1, 128), dtype=np.float32)
-            state[:] = [zeros, zeros.copy(), np.zeros((1, _CONTEXT), dtype=np.float32)]
-        context = np.concatenate([state[2], windows[:-1, -_CONTEXT:]])
-        out, h, c = model.session.run(None, {"input": np.concatenate([context, windows], axis=1),
-                                             "h": state[0], "c": state[1]})
-        state[:] = [h, c, windows[-1:, -_CONTEXT:].copy()]
-        probs[first:first + len(windows)] = np.asarray(out, dtype=np.float32).reshape(-1)
+        at = 0
+        while at < len(windows):
+            step = next(sizes) if sizes is not None else len(windows)
+            yield first + at, _silero(model, windows[at:at + step], state)
+            at += step
 
     for index in range(recording.page_count()):
         page = recording.page(index)
         if page is None:
-            run()
+            yield from run()
             state.clear()
             continue
         if not batch:
             first = index * PAGE // _WINDOW
         batch.append(page)
         if len(batch) == _BATCH_PAGES:
-            run()
+            yield from run()
             first = (index + 1) * PAGE // _WINDOW
-    run()
-    return probs
+    yield from run()
+
+
+def _silero(model: Any, windows: np.ndarray, state: list[np.ndarray]) -> np.ndarray:
+    """Silero's probabilities for consecutive ``windows``, carrying its ``state`` (h, c, context) on."""
+    if not state:
+        zeros = np.zeros((1, 1, 128), dtype=np.float32)
+        state[:] = [zeros, zeros.copy(), np.zeros((1, _CONTEXT), dtype=np.float32)]
+    context = np.concatenate([state[2], windows[:-1, -_CONTEXT:]])
+    out, h, c = model.session.run(None, {"input": np.concatenate([context, windows], axis=1),
+                                         "h": state[0], "c": state[1]})
+    state[:] = [h, c, windows[-1:, -_CONTEXT:].copy()]
+    return np.asarray(out, dtype=np.float32).reshape(-1)
 
 
 def _timestamps(probs: np.ndarray, total: int, threshold: float, min_silence: int, max_speech: int,

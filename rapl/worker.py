@@ -1,4 +1,11 @@
-"""The single model thread: loads the backend, then runs transcriptions one at a time, FIFO."""
+"""The single model thread: loads the backend, then runs transcriptions one at a time, FIFO.
+
+The heap keeps what the model frees for the next request (rapl.heap). A watcher thread looks
+after idle time: it unloads the model after MODEL_IDLE_UNLOAD seconds, and once the model has
+been idle for TRIM_AFTER_SECONDS after a long transcription (over TRIM_AUDIO_SECONDS) or a large
+upload it has the model thread hand the kept memory back to the system, never on a request's
+path. Dictation clips and files of a few minutes keep theirs: the next request reuses it.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import heap
 from .backends import Backend, Capabilities, public_name
 from .errors import APIError, Busy, ClientGone, RaplError, TimedOut, Unavailable
 from .pipeline import check_options
@@ -22,6 +30,9 @@ from .vad import Segmenter
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_RETRY_SECONDS = 600
+TRIM_AFTER_SECONDS = 1.0  # idle time after a long transcription before its freed memory goes back
+TRIM_AUDIO_SECONDS = 300  # a transcription this long (19 MB of decoded audio) is trimmed after
+_WATCH_SECONDS = 0.25  # how often the watcher looks
 _OFFLINE_HINTS = ("connection", "network", "timeout", "resolve", "maxretry", "proxy", "ssl", "localentrynotfound",
                   "offline", "unreachable", "name or service not known", "temporary failure")
 
@@ -74,7 +85,9 @@ class ModelWorker:
         self._last_started = 0
         self.running = False  # a job is on the model now
         self.counters = {"completed": 0, "failed": 0, "rejected_busy": 0,
-                         "dropped_disconnected": 0, "timed_out": 0, "out_of_order": 0, "unloads": 0}
+                         "dropped_disconnected": 0, "timed_out": 0, "out_of_order": 0, "unloads": 0,
+                         "heap_trims": 0}
+        self._trim_due = False  # a long job ran since the last trim
         self._last_used = time.monotonic()
         self._stop = threading.Event()
         self.loaded: Future[None] | None = None  # the model's load, once start() has begun it
@@ -84,9 +97,9 @@ class ModelWorker:
         with self._lock:
             if self.loaded is not None:
                 return
+            heap.keep_freed()  # before the model allocates anything
             self.loaded = self.executor.submit(self._load)
-        if self.settings.MODEL_IDLE_UNLOAD:
-            threading.Thread(target=self._watch_idle, name="rapl-idle", daemon=True).start()
+        threading.Thread(target=self._watch_idle, name="rapl-idle", daemon=True).start()
 
     def _load(self) -> None:
         started = time.perf_counter()
@@ -103,16 +116,35 @@ class ModelWorker:
         self._failures = 0
         log.info("model %s ready in %.1f s", self.backend.model, time.perf_counter() - started)
 
-    def _idle(self) -> bool:
+    def _idle(self, seconds: float | None = None) -> bool:
+        """Loaded, nothing running or waiting, and no job for ``seconds`` (MODEL_IDLE_UNLOAD)."""
+        seconds = self.settings.MODEL_IDLE_UNLOAD if seconds is None else seconds
         return (self.state == "ready" and not self.running and self._waiting == 0
-                and time.monotonic() - self._last_used >= self.settings.MODEL_IDLE_UNLOAD)
+                and time.monotonic() - self._last_used >= seconds)
 
     def _watch_idle(self) -> None:
-        interval = min(max(self.settings.MODEL_IDLE_UNLOAD / 4, 0.05), 5.0)
+        unload = self.settings.MODEL_IDLE_UNLOAD
+        interval = min(max(unload / 4, 0.05), _WATCH_SECONDS) if unload else _WATCH_SECONDS
         while not self._stop.wait(interval):
             with self._lock:
-                if self._idle():
-                    self.executor.submit(self._unload)
+                try:
+                    if unload and self._idle():
+                        self.executor.submit(self._unload)
+                    elif self._trim_due and self._idle(TRIM_AFTER_SECONDS):
+                        self._trim_due = False
+                        self.executor.submit(self._trim)
+                except RuntimeError:  # the executor was shut down: the server is stopping
+                    return
+
+    def trim_when_idle(self) -> None:
+        """Hand the heap's kept memory back once the model is next idle for TRIM_AFTER_SECONDS (a large
+        upload was read, say); nothing is trimmed while requests keep coming."""
+        self._trim_due = True
+
+    def _trim(self) -> None:
+        """On the model thread, so it never runs beside a transcription."""
+        if heap.trim():
+            self.counters["heap_trims"] += 1
 
     def _unload(self) -> None:
         with self._lock:
@@ -123,6 +155,7 @@ class ModelWorker:
 
         self.backend.unload()
         free_memory()
+        self._trim()
         with self._lock:
             self.counters["unloads"] += 1
             if self.state == "unloading":  # else a request has already queued the reload
@@ -175,8 +208,13 @@ class ModelWorker:
         return Unavailable(f"{self.problem} It will be tried again in {wait} s. Detail: {self.error}",
                            code="model_unavailable", retry_after=wait)
 
-    def submit(self, fn: Callable[[], T], connected: Callable[[], bool] | None = None) -> Future[T]:
-        """Queue ``fn`` for the model thread, or raise Busy when MAX_QUEUE requests already wait."""
+    def submit(self, fn: Callable[[], T], connected: Callable[[], bool] | None = None,
+               seconds: float = 0.0) -> Future[T]:
+        """Queue ``fn`` (a transcription of ``seconds`` of audio) for the model thread, or raise Busy
+        when MAX_QUEUE requests already wait.
+
+        After more than TRIM_AUDIO_SECONDS the freed memory is handed back once the model is idle;
+        a shorter job's working memory is kept for the next one."""
         with self._lock:
             self._refuse_when_full()
             self._waiting += 1
@@ -185,7 +223,8 @@ class ModelWorker:
                 if self.state in ("unloading", "unloaded"):  # idle unload: reload first, FIFO puts it ahead
                     self.state = "loading"
                     self.executor.submit(self._load)
-                return self.executor.submit(self._run, fn, self._tickets, time.monotonic(), connected)
+                long = seconds > TRIM_AUDIO_SECONDS
+                return self.executor.submit(self._run, fn, self._tickets, time.monotonic(), connected, long)
             except RuntimeError:  # the executor was shut down: the server is stopping
                 self._waiting -= 1
                 raise _stopping() from None
@@ -209,7 +248,8 @@ class ModelWorker:
             self._waiting -= 1
         return True
 
-    def _run(self, fn: Callable[[], T], ticket: int, queued_at: float, connected: Callable[[], bool] | None) -> T:
+    def _run(self, fn: Callable[[], T], ticket: int, queued_at: float, connected: Callable[[], bool] | None,
+             long: bool = False) -> T:
         with self._lock:
             self._waiting -= 1
             if ticket < self._last_started:
@@ -236,6 +276,7 @@ class ModelWorker:
         finally:
             self.running = False
             self._last_used = time.monotonic()
+            self._trim_due = self._trim_due or long
         self.counters["completed"] += 1
         return result
 

@@ -32,7 +32,7 @@ def test_chunks_cut_at_pauses_and_never_exceed_the_maximum(spoken_sentences) -> 
     recording, starts = build_recording(spoken_sentences * 3, [3.0] * 18)
     segmenter = _segmenter(MAX_CHUNK_SECONDS="12")
     chunks = segmenter.plan(recording)
-    assert all(c.end - c.start <= 12 * 16000 for c in chunks)
+    assert all(c.length <= 12 * 16000 for c in chunks)  # what the model is given
     assert chunks[0].start / 16000 < starts[0] < chunks[0].end / 16000
     # every sentence lies whole inside one chunk (cuts fall in pauses)
     for start, part in zip(starts, spoken_sentences * 3, strict=True):
@@ -40,6 +40,104 @@ def test_chunks_cut_at_pauses_and_never_exceed_the_maximum(spoken_sentences) -> 
         assert any(c.start / 16000 <= start and end <= c.end / 16000 for c in chunks), start
     unmerged = segmenter.plan(recording, merge=False)
     assert len(unmerged) == 18
+
+
+def test_the_dictation_check_hears_what_the_full_plan_hears(spoken_sentences) -> None:
+    """Segmenter.heard (the dictation path's check, beside the model) stops at the first speech it hears,
+    reading 0.5 s first: its answer is bool(speech()), and its probabilities are the full pass's."""
+    import itertools
+
+    from rapl.recording import Recording
+    from rapl.vad import _batches, _probabilities
+
+    segmenter = _segmenter()
+    rng = np.random.default_rng(5)
+    quiet = rng.normal(0, 0.003, 16000 * 9).astype(np.float32)
+    late = np.concatenate([quiet, spoken_sentences[1]])  # speech only after 9 s
+    clips = {"speech": spoken_sentences[0], "late speech": late, "silence": np.zeros(16000 * 10, np.float32),
+             "noise": rng.normal(0, 0.1, 16000 * 10).astype(np.float32), "hiss": quiet}
+    for name, clip in clips.items():
+        assert segmenter.heard(Recording.wrap(clip)) == bool(segmenter.speech(Recording.wrap(clip))), name
+    assert segmenter.heard(Recording.wrap(late)) and not segmenter.heard(Recording.wrap(clips["noise"]))
+    ladder = itertools.chain((16, 32, 64), itertools.repeat(128))
+    pieces = list(_batches(Recording.wrap(late), ladder))
+    assert [len(p) for _, p in pieces[:3]] == [16, 32, 64]
+    full = _probabilities(Recording.wrap(late))
+    assert np.allclose(np.concatenate([p for _, p in pieces]), full[:sum(len(p) for _, p in pieces)], atol=1e-5)
+
+
+def test_long_pauses_are_shortened_inside_merged_chunks(spoken_sentences) -> None:
+    """For a model that segments audio itself, in a recording longer than one chunk, neighbouring speech is
+    joined with each pause over KEPT_PAUSE_SECONDS shortened to it (faster-whisper's vad_filter leaves pauses
+    out too): more speech per 30 s window, so fewer windows. A clip of one chunk keeps all of its pauses."""
+    from rapl.vad import KEPT_PAUSE_SECONDS
+
+    parts = (spoken_sentences * 2)[:8]
+    recording, starts = build_recording(parts, [1.0] + [6.0] * 7)
+    assert len(recording) > 60 * 16000
+    segmenter = _segmenter()
+    chunks = segmenter.plan(recording)
+    assert len(chunks) < 4 and all(c.length <= 30 * 16000 for c in chunks)  # 4+ with the pauses kept
+    assert sum(c.length for c in chunks) < 0.7 * len(recording)
+    for chunk in chunks:
+        assert len(chunk.samples(recording)) == chunk.length
+        for (_, b), (c, _) in zip(chunk.pieces, chunk.pieces[1:], strict=False):  # what is left out is silence
+            assert b < c and not np.any(np.abs(recording[b:c]) > 0.01)
+    kept = [(c - b) / 16000 for chunk in chunks for (_, b), (c, _) in zip(chunk.pieces, chunk.pieces[1:], strict=False)]
+    assert kept  # the 6 s pauses were shortened: speech to speech, KEPT_PAUSE_SECONDS remain (padding included)
+    pieces = [p for chunk in chunks for p in chunk.spans]
+    for start, part in zip(starts, parts, strict=True):  # every sentence inside a piece, whole
+        assert any(a / 16000 <= start and start + len(part) / 16000 - 0.3 <= b / 16000 for a, b in pieces), start
+    for chunk in chunks:  # in the model's audio, the pause between two sentences is KEPT_PAUSE_SECONDS long
+        heard = np.abs(chunk.samples(recording)) > 0.01
+        loud = np.flatnonzero(heard)
+        pauses = np.diff(loud) / 16000
+        assert pauses.max() == pytest.approx(KEPT_PAUSE_SECONDS, abs=0.35) if len(chunk.pieces) > 1 else True
+    short, _ = build_recording(spoken_sentences[:3], [1.0, 6.0, 6.0])  # 26 s: one chunk, pauses and all
+    (whole,) = segmenter.plan(short)
+    assert not whole.pieces and whole.length == whole.end - whole.start
+
+
+def test_a_packed_chunk_maps_times_back_to_the_recording() -> None:
+    from rapl.vad import Chunk
+
+    chunk = Chunk(16000, 160000, ((16000, 48000), (96000, 160000)))  # 2 s + 4 s of 9 s, from 1 s
+    assert chunk.length == 96000
+    assert chunk.to_recording(0.0) == 0.0 and chunk.to_recording(1.5) == 1.5
+    assert chunk.to_recording(2.0) == 5.0  # a seam starts the later piece...
+    assert chunk.to_recording(2.0, ending=True) == 2.0  # ...and ends the earlier one
+    assert chunk.to_recording(3.0) == 6.0 and chunk.to_recording(6.0, ending=True) == 9.0
+    assert chunk.to_recording(7.5, ending=True) == 9.0  # past the audio: held at its end
+    whole = Chunk(16000, 48000)
+    assert whole.to_recording(1.25) == 1.25 and whole.samples(np.arange(60000)).tolist() == list(range(16000, 48000))
+
+
+def test_segments_of_a_packed_chunk_are_timed_where_the_speech_is(fake_serve, spoken_sentences) -> None:  # noqa: ANN001
+    """The model hears six sentences with their 6 s pauses shortened to 2 s; its segment and word times come
+    back at the sentences' places in the recording, not at their places in what it heard."""
+    server = fake_serve(FakeBackend(segments_audio=True, segment_seconds=0.5), VAD="true")
+    parts = (spoken_sentences * 2)[:6]
+    recording, starts = build_recording(parts, [1.0] + [6.0] * 5)  # 50 s: longer than a chunk
+    with server.http() as http:
+        body = http.post("/v1/audio/transcriptions", files={"file": ("x.wav", wav_bytes(recording))},
+                         data={"response_format": "verbose_json",
+                               "timestamp_granularities[]": ["word", "segment"]}).json()
+    heard = sum(call.seconds for call in server.backend.calls)
+    assert len(server.backend.calls) <= 2 and heard < len(recording) / 16000 - 15  # pauses shortened to 2 s
+    loud = np.flatnonzero(np.abs(recording) > 0.01) / 16000
+    breaks = np.flatnonzero(np.diff(loud) > 3.0)
+    ends, begins = loud[breaks], loud[breaks + 1]  # each 6 s pause, speech to speech
+    assert len(ends) == 5
+
+    def left_out(t: float) -> bool:  # what the model never heard: each pause but 1 s on either side
+        return any(end + 1.3 < t < begin - 1.3 for end, begin in zip(ends, begins, strict=True))
+
+    times = [t for item in body["segments"] + body["words"] for t in (item["start"], item["end"])]
+    assert times and not [t for t in times if left_out(t)]
+    assert [s["start"] for s in body["segments"]] == sorted(s["start"] for s in body["segments"])
+    for begin in [loud[0], *begins]:  # and each sentence's segments start where it is
+        assert any(begin - 1.3 <= s["start"] <= begin + 0.3 for s in body["segments"]), begin
+    assert body["segments"][-1]["end"] <= len(recording) / 16000
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +150,7 @@ def six_speeches(speech_pcm) -> np.ndarray:  # noqa: ANN001
 
 
 def _sane(chunks: list, baseline: list, max_chunk: int) -> None:  # noqa: ANN001
-    lengths = [(c.end - c.start) / 16000 for c in chunks]
+    lengths = [c.length / 16000 for c in chunks]
     assert chunks and len(chunks) <= len(baseline), (len(chunks), len(baseline))
     assert min(lengths) >= 0.5 and max(lengths) <= max_chunk, lengths
 
@@ -65,7 +163,7 @@ def test_any_padding_keeps_the_plan_sane(six_speeches: np.ndarray, padding_ms: i
     baseline = segmenter.plan(six_speeches, merge=False)
     padded = segmenter.tuned(VadOptions(padding_ms=padding_ms))
     _sane(padded.plan(six_speeches, merge=False), baseline, 30)
-    _sane(padded.plan(six_speeches), segmenter.plan(six_speeches), 30)
+    _sane(padded.plan(six_speeches), baseline, 30)  # merged: never more chunks than stretches of speech
     short = _segmenter(MAX_CHUNK_SECONDS="5").tuned(VadOptions(padding_ms=padding_ms))
     assert all(c.end - c.start <= 5 * 16000 for c in short.plan(six_speeches, merge=False))
 
@@ -82,7 +180,7 @@ def test_every_allowed_vad_value_still_finds_the_speech(six_speeches: np.ndarray
     segmenter = _segmenter()
     field = {"threshold": "threshold", "prefix_padding_ms": "padding_ms", "silence_duration_ms": "min_silence_ms"}
     chunks = segmenter.tuned(VadOptions(**{field[key]: value})).plan(six_speeches, merge=False)
-    lengths = [(c.end - c.start) / 16000 for c in chunks]
+    lengths = [c.length / 16000 for c in chunks]
     assert len(chunks) <= 60 and min(lengths) >= 0.2 and max(lengths) <= 30, lengths  # no shreds
     default = sum((c.end - c.start) / 16000 for c in segmenter.plan(six_speeches, merge=False))
     assert sum(lengths) >= 0.5 * default, (sum(lengths), default)

@@ -7,13 +7,26 @@ of audio it was given ("speech 2.5 s"), so every answer shows which clip reached
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx2 as httpx
+import numpy as np
+import psutil
+import pytest
+
+from rapl import heap
+from rapl.api import TRIM_BODY_BYTES
+from rapl.worker import TRIM_AFTER_SECONDS, TRIM_AUDIO_SECONDS
+from support import ROOT
 from support.fake_backend import FakeBackend, say
+from support.net import free_port
+from support.processes import environment, started, wait_healthy
 from support.server import Server, wait_until
-from support.speech import tone, wav_bytes
+from support.speech import build_recording, tone, wav_bytes
 
 LENGTHS = [1.0, 1.3, 1.6, 1.9, 2.2, 2.5]  # seconds: one clip each, told apart by what the model says
 CLIP = wav_bytes(tone(11.0))
@@ -172,3 +185,77 @@ def test_requests_after_shutdown_get_503_in_the_envelope(fake_serve) -> None:  #
     assert resp.status_code == 503
     assert resp.json()["error"]["code"] == "shutting_down" and server.worker.queue_depth == 0
     assert server.backend.calls == []
+
+
+def _trims(server: Server) -> int:
+    return server.worker.counters["heap_trims"]
+
+
+@pytest.mark.skipif(not heap.trim(), reason="malloc_trim is glibc's (Linux); elsewhere RAPL trims nothing")
+def test_freed_memory_goes_back_only_when_idle_after_a_long_request(fake_serve) -> None:  # noqa: ANN001
+    """Trimming after every request made the next one's model stage 40-50 ms slower (the model's working
+    memory was faulted back in): dictation clips and short files never trim; a long request (over
+    TRIM_AUDIO_SECONDS) trims once, after TRIM_AFTER_SECONDS of idle model, not while requests keep coming."""
+    server = fake_serve(FakeBackend(delay=0.001), MAX_UPLOAD_MB="64")
+    noise = np.random.default_rng(0).normal(0, 0.1, 16000 * (TRIM_AUDIO_SECONDS + 10)).astype(np.float32)
+    long_clip = wav_bytes(noise)
+    for clip in (CLIP, CLIP, wav_bytes(noise[:16000 * 120])):  # dictation and a 2-minute file
+        assert _post(server, clip).status_code == 200
+    time.sleep(TRIM_AFTER_SECONDS + 0.6)
+    assert _trims(server) == 0  # their memory stays for the next request
+    with ThreadPoolExecutor(2) as pool:  # a long request, then clips back to back: no trim between them
+        long = pool.submit(_post, server, long_clip)
+        clips = pool.submit(lambda: [_post(server, CLIP).status_code for _ in range(4)])
+        assert long.result().status_code == 200 and clips.result() == [200] * 4
+    assert _trims(server) == 0
+    wait_until(lambda: _trims(server) == 1, timeout=10, what="the trim once the model is idle", interval=0.05)
+    time.sleep(TRIM_AFTER_SECONDS + 0.6)
+    assert _trims(server) == 1  # once per long request, not again and again while idle
+    with server.http() as http:  # a large upload, even one refused, is handed back too
+        garbage = np.random.default_rng(1).bytes(TRIM_BODY_BYTES + 2**20)
+        assert http.post("/v1/audio/transcriptions", files={"file": ("a.wav", garbage)}).status_code == 400
+    wait_until(lambda: _trims(server) == 2, timeout=10, what="the trim after a large upload", interval=0.05)
+
+
+@pytest.mark.slow  # the real tiny.en model on 10 minutes of speech, in a `python -m rapl` of its own
+@pytest.mark.skipif(not heap.trim(), reason="malloc_trim is glibc's (Linux); elsewhere RAPL trims nothing")
+def test_server_memory_returns_to_idle_after_long_requests(whisper_model: str, spoken_sentences) -> None:  # noqa: ANN001
+    """Idle memory rose from 220 to about 290 MB over six long requests and never came back (the trim ran
+    before the model, not after). Now RSS is back within 10% of idle once the server is idle again."""
+    parts = spoken_sentences * 10  # about 6 minutes (over TRIM_AUDIO_SECONDS), 1.5-4 s pauses
+    recording, _ = build_recording(parts, [1.5 + (i % 6) * 0.5 for i in range(len(parts))])
+    assert len(recording) / 16000 > TRIM_AUDIO_SECONDS
+    body = wav_bytes(recording, "FLAC")
+    port = free_port()
+    env = environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port), MAX_UPLOAD_MB="200")
+    base = f"http://127.0.0.1:{port}"
+    with started([sys.executable, "-m", "rapl"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE, text=True) as proc:
+        wait_healthy(proc, base, timeout=180)
+        server = psutil.Process(proc.pid)
+        with httpx.Client(base_url=base, timeout=600) as http:
+            def post(data: bytes) -> None:
+                assert http.post("/v1/audio/transcriptions", files={"file": ("a.flac", data)}).status_code == 200
+
+            def trims() -> int:
+                return http.get("/health").json()["heap_trims"]
+
+            clip = wav_bytes(spoken_sentences[0])
+            for _ in range(3):  # dictation first: its working memory is part of idle
+                post(clip)
+            faults = _minor_faults(proc.pid)
+            post(clip)  # the heap kept the encoder's buffers: no 206 MB of pages faulted back in per window
+            assert _minor_faults(proc.pid) - faults < 5000, "the model's buffers were mapped again"
+            time.sleep(1)
+            idle = server.memory_info().rss
+            for n in (1, 2):
+                post(body)
+                wait_until(lambda n=n: trims() == n, timeout=30, what="the trim after a long request", interval=0.1)
+                after = server.memory_info().rss
+                assert after <= 1.10 * idle, f"request {n}: {after / 2**20:.0f} MB, idle {idle / 2**20:.0f} MB"
+
+
+def _minor_faults(pid: int) -> int:
+    """The process's minor page faults so far (/proc/PID/stat, field 10)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[7])
