@@ -1,6 +1,6 @@
 """RAPL's benchmark: the real server on loopback against the backend library alone, side by side in one run.
 
-    python -m bench                       # everything, both backends (about 15 minutes on a quiet 2-core machine)
+    python -m bench                       # everything, both backends (about 11 minutes on a quiet 2-core machine)
     python -m bench --quick               # fewer repeats, no 30 s clip, shorter long files
     python bench/run.py --backend whisper --repeat 7 --json out.json
 

@@ -232,7 +232,7 @@ def _num_speakers(form: MultiDict, response_format: str) -> int | None:
 def _strategy_fields(form: MultiDict) -> dict[str, Any] | None:
     raw = _value(form, "chunking_strategy")
     nested = {key[len("chunking_strategy["):-1]: form.get(key) for key in form
-              if key.startswith("chunking_strategy[") and key.endswith("]")}
+              if isinstance(key, str) and key.startswith("chunking_strategy[") and key.endswith("]")}
     if raw is not None and nested:
         raise _bad("Send chunking_strategy either as one value or as fields, not both.", "chunking_strategy")
     if nested:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_RETRY_SECONDS = 600
 TRIM_AFTER_SECONDS = 1.0  # idle time after a long transcription before its freed memory goes back
-TRIM_AUDIO_SECONDS = 300  # a transcription this long (19 MB of decoded audio) is trimmed after
+TRIM_AUDIO_SECONDS = 120  # a transcription longer than this (7.7 MB of decoded audio) is trimmed after
 _WATCH_SECONDS = 0.25  # how often the watcher looks
 _OFFLINE_HINTS = ("connection", "network", "timeout", "resolve", "maxretry", "proxy", "ssl", "localentrynotfound",
                   "offline", "unreachable", "name or service not known", "temporary failure")

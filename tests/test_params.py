@@ -281,3 +281,16 @@ def test_a_reference_over_its_limit_is_refused_naming_that_limit(fake_server) ->
                          data={"prompt": "x" * (params.MAX_REFERENCE_BYTES * 2)})
     assert resp.status_code == 413 and resp.json()["error"]["param"] == "prompt", resp.text
     assert fake_server.backend.calls == []
+
+
+def test_a_form_part_without_a_name_is_not_a_500(fake_server) -> None:  # noqa: ANN001
+    """The OpenAPI fuzzer sent a part whose Content-Disposition has no name: werkzeug keys it None, and
+    reading chunking_strategy's fields raised AttributeError (500). The part is ignored, like any unknown field."""
+    boundary = "rapl-test-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data\r\n\r\nnameless\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n"
+            "Content-Type: audio/wav\r\n\r\n").encode() + _CLIP + f"\r\n--{boundary}--\r\n".encode()
+    with fake_server.http() as http:
+        for path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+            resp = http.post(path, content=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            assert resp.status_code == 200, resp.text
