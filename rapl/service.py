@@ -75,7 +75,7 @@ class Transcriber:
         streamed, the model starts on it while the VAD looks for speech in this thread, so the VAD
         adds no latency; no speech: the job is withdrawn if it has not started, and the answer is
         empty text either way. Digital silence never reaches the model. Longer audio is cut at
-        pauses (rapl.vad: for Whisper, packed speech with the pauses left out).
+        pauses (rapl.vad: for Whisper, pauses over 2 s are shortened inside a chunk).
         """
         pcm, request = job.audio, job.request
         segmenter = self.worker.segmenter.tuned(request.options.vad)
