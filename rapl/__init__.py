@@ -68,15 +68,23 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend |
     _warn_if_exposed(settings)
     from .api import bp as api_bp
     from .web import bp as web_bp
+    from .websocket import Sessions
+    from .websocket import bp as realtime_bp
 
     app.register_blueprint(api_bp)
+    app.register_blueprint(realtime_bp)
     app.register_blueprint(web_bp)
+    app.extensions["rapl.realtime"] = Sessions(settings.REALTIME_MAX_SESSIONS, settings.REALTIME_IDLE_SECONDS,
+                                               settings.REALTIME_SESSION_MINUTES * 60,
+                                               settings.REALTIME_MAX_MESSAGE_MB * 2**20)
     worker = ModelWorker(backend or backends.create(settings), settings)
     app.extensions["rapl"] = worker
     app.extensions["rapl.decode_budget"] = MemoryBudget(settings.decode_memory)  # every request's decoded audio
     info = {"backend": worker.backend.name, "model": backends.public_name(worker.backend.model)}
+    live = app.extensions["rapl.realtime"]
     app_metrics = metrics.Metrics(queue_depth=lambda: worker.queue_depth,
-                                  model_loaded=lambda: worker.state == "ready", info=info)
+                                  model_loaded=lambda: worker.state == "ready", info=info,
+                                  live=lambda: {**live.health(), **worker.counters})
     metrics.register(app, app_metrics)
     app.extensions["rapl.service"] = Transcriber(worker, Vocabulary.from_settings(settings), _diarizer(settings),
                                                  progress=settings.PROGRESS, on_audio=app_metrics.audio_processed)

@@ -291,6 +291,9 @@ def get_model(model_id: str) -> Response:
 def health() -> Response:
     """GET /health: loading, ready, unloaded or failed, with backend, model and queue depth."""
     body = worker().health()
+    live = current_app.extensions.get("rapl.realtime")
+    if live is not None:
+        body.update(live.health())
     # An idle-unloaded model is healthy: the next request reloads it (load balancers must send one).
     healthy = body["status"] in ("ready", "unloading", "unloaded")
     return Response(json.dumps(body), status=200 if healthy else 503,

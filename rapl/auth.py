@@ -1,4 +1,8 @@
-"""Optional API key: when API_KEY is set, every endpoint but the open ones needs it."""
+"""Optional API key: when API_KEY is set, every endpoint but the open ones needs it.
+
+Live sessions' handshakes may carry it as the subprotocol ``openai-insecure-api-key.<key>``
+instead (browsers cannot set headers on a WebSocket), as OpenAI's browser path does.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import logging
 from flask import Flask, request
 
 from .errors import APIError
+from .websocket import PATHS as REALTIME_PATHS
+from .websocket import key_from_subprotocol
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,8 @@ def register(app: Flask, api_key: str) -> None:
         if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
             return
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" and request.path in REALTIME_PATHS:  # a browser's WebSocket: no headers
+            scheme, given = "bearer", key_from_subprotocol(request.headers) or ""
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
             log.info("rejected a request to %r without a valid API key", request.path)
             raise APIError("Incorrect or missing API key. Send 'Authorization: Bearer <API_KEY>'.", 401,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
@@ -32,7 +33,8 @@ class Metrics:
     def __init__(self, queue_depth: Callable[[], float] | None = None,
                  model_loaded: Callable[[], bool] | None = None,
                  info: Mapping[str, str] | None = None,
-                 buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+                 buckets: tuple[float, ...] = LATENCY_BUCKETS,
+                 live: Callable[[], Mapping[str, float]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("rapl_requests", "HTTP requests answered, by endpoint and status code.",
                                 ("endpoint", "status"), registry=self.registry)
@@ -50,6 +52,8 @@ class Metrics:
             self.loaded.set_function(_safe(lambda: 1.0 if model_loaded() else 0.0))
         if info:
             Info("rapl", "The backend and model this server runs.", registry=self.registry).info(dict(info))
+        if live is not None:
+            self.registry.register(_LiveCollector(live))
 
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request and record how long it took."""
@@ -64,6 +68,39 @@ class Metrics:
     def render(self) -> bytes:
         """Every metric in the Prometheus text exposition format."""
         return generate_latest(self.registry)
+
+
+class _LiveCollector:
+    """Live dictation sessions, read from the app when scraped: open now, and counts since start."""
+
+    # metric name -> (key in the values read, help)
+    GAUGES = {"rapl_realtime_sessions": ("realtime_sessions", "Live dictation sessions (/v1/realtime) open now.")}
+    COUNTERS = {
+        "rapl_realtime_sessions_opened": ("sessions_opened", "Live dictation sessions opened."),
+        "rapl_realtime_sessions_refused": ("sessions_refused", "Live dictation sessions refused "
+                                           "(REALTIME_MAX_SESSIONS, or the server was stopping)."),
+        "rapl_realtime_sessions_expired": ("sessions_expired", "Live dictation sessions closed at "
+                                           "REALTIME_SESSION_MINUTES."),
+        "rapl_live_partials": ("partials", "Partial decodes run for live text."),
+        "rapl_live_partials_skipped": ("partials_skipped", "Partial decodes replaced by a newer one before they "
+                                       "ran (the model was busy)."),
+    }
+
+    def __init__(self, read: Callable[[], Mapping[str, float]]) -> None:
+        self.read = read
+
+    def collect(self) -> Any:
+        """The current values (nothing if the app cannot say)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        try:
+            values = self.read()
+        except Exception:  # noqa: BLE001 - a scrape never fails
+            return
+        for name, (key, doc) in self.GAUGES.items():
+            yield GaugeMetricFamily(name, doc, value=float(values.get(key, 0)))
+        for name, (key, doc) in self.COUNTERS.items():
+            yield CounterMetricFamily(name, doc, value=float(values.get(key, 0)))
 
 
 class _NullMetrics:

@@ -80,6 +80,15 @@ def spec() -> dict[str, Any]:
                     "type": "object", "properties": {"object": {"const": "list"},
                                                      "data": {"type": "array", "items": model}}}}}},
                 **_error_responses(401)}}},
+            "/v1/realtime": {"get": {
+                "summary": "Live transcription: OpenAI's Realtime protocol over a WebSocket (Upgrade: websocket)",
+                "parameters": [{"name": "intent", "in": "query", "required": False,
+                                "schema": {"type": "string", "enum": ["transcription"]}},
+                               {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}}],
+                "responses": {"101": {"description": "Switching to the WebSocket protocol"},
+                              "426": {"description": "Not a WebSocket handshake", "content": {
+                                  "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                              **_error_responses(400, 401, 403, 503)}}},
             "/health": {"get": {"summary": "Model status and queue depth", "responses": {
                 "200": {"description": "Ready", "content": {"application/json": {"schema": {"type": "object"}}}},
                 "503": {"description": "Loading or failed", "content": {"application/json": {

@@ -13,6 +13,9 @@
   MAX_UPLOAD_MB in memory, so a full temporary folder cannot lose an upload;
 * closes connections whose request headers take longer than HEADER_TIMEOUT (:class:`Channel`), so
   clients trickling bytes cannot hold every connection; uploads are never cut while bytes arrive;
+* hands WebSocket upgrades (live sessions, rapl.websocket) their connection: the app checks the
+  handshake as any request, then takes the socket from waitress (:class:`Takeover`), which
+  neither reads nor writes it until the session ends;
 * stops gracefully on SIGINT (Ctrl+C), SIGTERM and, on Windows, SIGBREAK (Ctrl+Break): no new
   connections, the running transcription finishes and its answer is sent, queued requests get 503;
   waitress's threads end before any socket closes. A second signal while it waits stops at once.
@@ -33,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 from waitress.channel import HTTPChannel
+from waitress.task import WSGITask
 
 from .settings import Settings, SettingsError
 
@@ -68,6 +72,56 @@ class _StopRequested(KeyboardInterrupt):
     """Raised by the signal handler; a KeyboardInterrupt so that waitress's loop lets it through."""
 
 
+def _upgrade(request: Any) -> bool:
+    """A GET asking for a WebSocket."""
+    return request.command == "GET" and request.headers.get("UPGRADE", "").strip().lower() == "websocket"
+
+
+class Takeover:
+    """A WebSocket handshake's connection, which the app may take from waitress (``environ["rapl.websocket"]``)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def take(self) -> socket.socket:
+        """The connection's socket, blocking; from now on waitress neither reads nor writes it."""
+        self.channel.taken = True
+        sock = self.channel.socket
+        sock.setblocking(True)
+        return sock
+
+    def done(self) -> None:
+        """The session is over: waitress closes the connection (nothing more is sent on it)."""
+        self.channel.taken = False
+        self.channel.had_session = True
+        self.channel.will_close = True
+
+
+class Task(WSGITask):
+    """waitress's WSGI task; a WebSocket handshake's environ carries its :class:`Takeover`, and once the
+    app has taken the connection nothing more is written to it."""
+
+    def get_environment(self) -> dict[str, Any]:
+        """waitress's environ, plus ``rapl.websocket`` for an upgrade request."""
+        environ = super().get_environment()
+        if _upgrade(self.request):
+            environ["rapl.websocket"] = Takeover(self.channel)
+        return environ
+
+    def write(self, data: bytes) -> None:
+        """Nothing on a connection a session has had."""
+        if self.channel.taken or self.channel.had_session:
+            return
+        super().write(data)
+
+    def finish(self) -> None:
+        """waitress's end of a response; after a session, only the close."""
+        if self.channel.had_session:
+            self.close_on_finish = True
+            return
+        super().finish()
+
+
 class Channel(HTTPChannel):
     """waitress's connection, closed when its request headers take longer than HEADER_TIMEOUT.
 
@@ -77,10 +131,13 @@ class Channel(HTTPChannel):
     """
 
     header_timeout: float = HEADER_TIMEOUT
+    task_class = Task
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.headers_since: float | None = time.monotonic()  # None: not waiting for headers
+        self.taken = False  # a live session owns the socket
+        self.had_session = False  # ... and has ended: the connection only closes
 
     def received(self, data: bytes) -> bool:
         """waitress's parsing, then the header clock: started, kept, or stopped."""
@@ -94,12 +151,19 @@ class Channel(HTTPChannel):
         return result
 
     def readable(self) -> bool:
-        """waitress's answer; a connection whose headers are late is marked to close (the loop closes it)."""
+        """waitress's answer; a connection whose headers are late is marked to close (the loop closes it).
+        Nothing is read after a WebSocket handshake: the frames are the session's."""
+        if self.requests and _upgrade(self.requests[0]):
+            return False
         if self.headers_late():
             log.debug("closing the connection from %s: no request headers within %s s", self.addr,
                       self.header_timeout)
             self.will_close = True
         return super().readable()
+
+    def writable(self) -> bool:
+        """waitress's answer, but never while a live session owns the socket."""
+        return not self.taken and super().writable()
 
     def headers_late(self) -> bool:
         """Waiting for request headers (nothing served or sent meanwhile) for longer than header_timeout."""
@@ -110,7 +174,8 @@ class Channel(HTTPChannel):
 
 def adjustments(settings: Settings) -> dict[str, Any]:
     """The waitress adjustments RAPL serves with, computed from ``settings``."""
-    threads = min(1 + settings.MAX_QUEUE + SPARE_THREADS, MAX_THREADS)
+    # Each live session holds a thread for its lifetime: REALTIME_MAX_SESSIONS more, so REST keeps its own.
+    threads = min(1 + settings.MAX_QUEUE + SPARE_THREADS + settings.REALTIME_MAX_SESSIONS, MAX_THREADS)
     return {
         "host": settings.HOST,
         "port": settings.PORT,
@@ -260,6 +325,9 @@ class Server:
         print(self._stopping_line(), flush=True)
         for listener in self._listeners:
             listener.accepting = False  # waitress's listeners stop taking connections
+        live = getattr(self.app, "extensions", {}).get("rapl.realtime")
+        if live is not None:
+            live.stop()  # each session tells its running turn, then gets a close frame with the reason
         done = threading.Event()
 
         def stop_worker() -> None:

@@ -24,6 +24,7 @@ from .params import AudioRequest
 from .pipeline import run
 from .recording import SILENT_PEAK, Recording
 from .speakers import SpeakerError
+from .text import join_text
 from .transcription import Segment, Transcription
 from .vad import RATE, Chunk
 from .vocabulary import Vocabulary
@@ -95,6 +96,21 @@ class Transcriber:
         if not chunks:
             return _finished(self._run(job, []))
         return self._submit(job, chunks, on_segment)
+
+    def partial(self, key: Any, pieces: list[np.ndarray], request: AudioRequest) -> Future[list[str]]:
+        """A live turn's audio so far (one or more pieces), decoded whole in the model thread's
+        low-priority lane (rapl.worker), as texts with the replacement rules applied."""
+        rules = self.vocabulary.replacements
+        options = replace(request.options, draft=True, word_timestamps=False, logprobs=False)
+
+        def work() -> list[str]:
+            texts = []
+            for audio in pieces:
+                segments = self.worker.backend.transcribe(audio, options)
+                texts.append(join_text([rules.apply(s.text) if rules else s.text for s in segments]))
+            return texts
+
+        return self.worker.submit_partial(key, work)
 
     def _submit(self, job: Job, chunks: list[Chunk], on_segment: OnSegment | None) -> Future[Transcription]:
         queued = time.perf_counter()

@@ -170,6 +170,14 @@ SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
                         "(see config/vocabulary.txt.example); empty: none."),
     "REPLACEMENTS_FILE": ("", _text, "File of 'wrong -> right' rules applied to every transcript "
                           "(see config/replacements.txt.example); empty: none."),
+    "REALTIME_MAX_SESSIONS": ("8", _int(0, 100), "Live dictation sessions (WebSocket /v1/realtime) open at once; "
+                              "more are closed with a reason; 0: none."),
+    "REALTIME_IDLE_SECONDS": ("120", _int(5, 86400), "Seconds a live session may send nothing (not even a ping) "
+                              "before it is closed."),
+    "REALTIME_SESSION_MINUTES": ("60", _int(1, 1440), "Longest live session in minutes, as OpenAI's (clients "
+                                 "reconnect); then session_expired."),
+    "REALTIME_MAX_MESSAGE_MB": ("16", _int(1, 64), "Largest WebSocket message a live session takes, in MB "
+                                "(OpenAI's append carries up to 15 MiB)."),
     "PROGRESS": ("true", _bool, "Show a tqdm progress bar in the terminal for each transcription."),
     "LOG_LEVEL": ("INFO", _choice(LOG_LEVELS, lower=False), "Logging level: DEBUG, INFO, WARNING or ERROR."),
 }
@@ -205,6 +213,10 @@ class Settings:
     SPEAKER_MODEL: str
     VOCABULARY_FILE: str
     REPLACEMENTS_FILE: str
+    REALTIME_MAX_SESSIONS: int
+    REALTIME_IDLE_SECONDS: int
+    REALTIME_SESSION_MINUTES: int
+    REALTIME_MAX_MESSAGE_MB: int
     PROGRESS: bool
     LOG_LEVEL: str
 

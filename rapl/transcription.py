@@ -73,6 +73,7 @@ class Options:
     candidates: tuple[str, ...] = ()  # detect only among these languages (OpenAI's languages[])
     vad: VadOptions | None = None  # chunking_strategy=server_vad
     logprobs: bool = False  # per-token log-probabilities (include[]=logprobs)
+    draft: bool = False  # a live partial decode: one quick pass (Whisper: greedy, no fallback, no timestamps)
 
 
 @dataclass(frozen=True)

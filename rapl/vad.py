@@ -333,3 +333,34 @@ def _timestamps(probs: np.ndarray, total: int, threshold: float, min_silence: in
         else:
             speech[1] = min(total, speech[1] + pad)
     return [(s, e) for s, e in speeches]
+
+
+class StreamingVad:
+    """Silero over audio as it arrives (a live session's): a probability for each 512-sample window.
+
+    The state carries from call to call, so the probabilities are those of the whole stream read at
+    once; a window is judged once all its samples are in. Safe beside the model thread: each
+    session has its own state, and the ONNX session runs concurrently.
+    """
+
+    WINDOW = _WINDOW
+
+    def __init__(self) -> None:
+        self._state: list[np.ndarray] = []
+        self._rest = np.zeros(0, dtype=np.float32)
+        self.windows = 0  # windows judged so far
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        """The probabilities of the windows ``samples`` completes (16 kHz float32)."""
+        audio = np.concatenate([self._rest, samples]) if self._rest.size else samples
+        whole = audio.size - audio.size % _WINDOW
+        self._rest = audio[whole:].copy()
+        if not whole:
+            return np.zeros(0, dtype=np.float32)
+        from faster_whisper.vad import get_vad_model
+
+        windows = np.ascontiguousarray(audio[:whole], dtype=np.float32).reshape(-1, _WINDOW)
+        probs = np.concatenate([_silero(get_vad_model(), windows[at:at + 64], self._state)
+                                for at in range(0, len(windows), 64)])
+        self.windows += len(windows)
+        return probs

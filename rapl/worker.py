@@ -1,5 +1,9 @@
 """The single model thread: loads the backend, then runs transcriptions one at a time, FIFO.
 
+Live sessions' partial decodes (rapl.live) are a second, low-priority lane on the same thread:
+one queued partial per session at most (a newer one replaces it), taken in turn across sessions,
+and only when no request or final transcription waits.
+
 The heap keeps what the model frees for the next request (rapl.heap). A watcher thread looks
 after idle time: it unloads the model after MODEL_IDLE_UNLOAD seconds, and once the model has
 been idle for TRIM_AFTER_SECONDS after a long transcription (over TRIM_AUDIO_SECONDS) or a large
@@ -13,7 +17,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,11 +90,13 @@ class ModelWorker:
         self.running = False  # a job is on the model now
         self.counters = {"completed": 0, "failed": 0, "rejected_busy": 0,
                          "dropped_disconnected": 0, "timed_out": 0, "out_of_order": 0, "unloads": 0,
-                         "heap_trims": 0}
+                         "heap_trims": 0, "partials": 0, "partials_skipped": 0}
         self._trim_due = False  # a long job ran since the last trim
         self._last_used = time.monotonic()
         self._stop = threading.Event()
         self.loaded: Future[None] | None = None  # the model's load, once start() has begun it
+        self._partials: dict[Hashable, tuple[Callable[[], Any], Future[Any]]] = {}  # FIFO, one per key
+        self._slots = 0  # turns queued on the executor for the partial lane
 
     def start(self) -> None:
         """Begin loading the model on the model thread (and watching for idle time); once only."""
@@ -229,6 +235,61 @@ class ModelWorker:
                 self._waiting -= 1
                 raise _stopping() from None
 
+    def submit_partial(self, key: Hashable, fn: Callable[[], T]) -> Future[T]:
+        """Queue ``fn`` (a live session's partial decode) in the low-priority lane: it runs only when no
+        other job waits, and replaces ``key``'s partial still queued (that one is cancelled). Partials
+        count toward no queue limit and are never run before the model is ready."""
+        future: Future[T] = Future()
+        with self._lock:
+            old = self._partials.pop(key, None)
+            if old is not None and old[1].cancel():
+                self.counters["partials_skipped"] += 1
+            self._partials[key] = (fn, future)
+            if self._slots < len(self._partials):
+                try:
+                    self.executor.submit(self._partial_turn)
+                    self._slots += 1
+                except RuntimeError:  # the executor was shut down: the server is stopping
+                    del self._partials[key]
+                    future.cancel()
+        return future
+
+    def withdraw_partial(self, key: Hashable) -> None:
+        """Drop ``key``'s queued partial (its session committed, cleared or went away)."""
+        with self._lock:
+            old = self._partials.pop(key, None)
+        if old is not None:
+            old[1].cancel()
+
+    def _partial_turn(self) -> None:
+        """One turn of the partial lane, on the model thread: behind every waiting job, then the oldest partial."""
+        with self._lock:
+            if self._waiting and self._partials:  # requests and finals first: queue this turn behind them
+                try:
+                    self.executor.submit(self._partial_turn)
+                    return
+                except RuntimeError:
+                    pass
+            self._slots -= 1
+            if not self._partials:
+                return
+            key = next(iter(self._partials))
+            fn, future = self._partials.pop(key)
+        if not future.set_running_or_notify_cancel():
+            return
+        if self.state != "ready":  # loading, unloaded or failed: a partial never loads the model
+            future.set_exception(self.unavailable() if self.state == "failed" else _stopping())
+            return
+        self.running = True
+        try:
+            future.set_result(fn())
+            self.counters["partials"] += 1
+        except BaseException as exc:  # noqa: BLE001 - the session decides; the model thread goes on
+            future.set_exception(exc)
+        finally:
+            self.running = False
+            self._last_used = time.monotonic()
+
     def check_room(self) -> None:
         """Raise Busy now if the queue is full, before a request spends time decoding its upload."""
         with self._lock:
@@ -296,6 +357,10 @@ class ModelWorker:
         """Finish the running job, drop the queued ones, stop the threads."""
         self._stop.set()
         self.executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            partials, self._partials = list(self._partials.values()), {}
+        for _fn, future in partials:
+            future.cancel()
 
 
 def _stopping() -> Unavailable:

@@ -259,3 +259,73 @@ def _minor_faults(pid: int) -> int:
     """The process's minor page faults so far (/proc/PID/stat, field 10)."""
     with open(f"/proc/{pid}/stat") as stat:
         return int(stat.read().rsplit(")", 1)[1].split()[7])
+
+
+# -- the partial lane (live sessions' partial decodes) -----------------------------------------
+
+
+def _worker(**settings: str):  # noqa: ANN202
+    from rapl import create_app
+
+    app = create_app({"ENV_FILE": "", "PROGRESS": "false", "VAD": "false", **settings}, backend=FakeBackend())
+    work = app.extensions["rapl"]
+    work.start()
+    work.ensure_loaded()
+    return work
+
+
+def test_partials_wait_behind_requests_and_finals() -> None:
+    """A partial queued before requests runs after them: requests and final transcriptions go first."""
+    work = _worker()
+    order: list[str] = []
+    gate = threading.Event()
+    try:
+        blocker = work.submit(lambda: gate.wait(10))  # the model is busy
+        partial = work.submit_partial("session-a", lambda: order.append("partial"))
+        jobs = [work.submit(lambda i=i: order.append(f"job{i}")) for i in range(3)]
+        gate.set()
+        for future in [blocker, *jobs, partial]:
+            future.result(timeout=10)
+        assert order == ["job0", "job1", "job2", "partial"]
+        assert work.counters["partials"] == 1
+    finally:
+        gate.set()
+        work.shutdown()
+
+
+def test_a_newer_partial_replaces_the_queued_one_and_sessions_take_turns() -> None:
+    """Coalesced per session (the older queued partial is cancelled), and FIFO across sessions."""
+    work = _worker()
+    order: list[str] = []
+    gate = threading.Event()
+    try:
+        blocker = work.submit(lambda: gate.wait(10))
+        first_a = work.submit_partial("a", lambda: order.append("a1"))
+        first_b = work.submit_partial("b", lambda: order.append("b1"))
+        second_a = work.submit_partial("a", lambda: order.append("a2"))  # replaces a1, behind b1
+        gate.set()
+        blocker.result(timeout=10)
+        first_b.result(timeout=10)
+        second_a.result(timeout=10)
+        assert first_a.cancelled()
+        assert order == ["b1", "a2"]
+        assert work.counters["partials_skipped"] == 1
+    finally:
+        gate.set()
+        work.shutdown()
+
+
+def test_withdrawn_and_shut_down_partials_are_cancelled() -> None:
+    work = _worker()
+    gate = threading.Event()
+    blocker = work.submit(lambda: gate.wait(10))
+    withdrawn = work.submit_partial("a", lambda: "never")
+    work.withdraw_partial("a")
+    queued = work.submit_partial("b", lambda: "never")
+    gate.set()
+    blocker.result(timeout=10)
+    work.shutdown()
+    assert withdrawn.cancelled()
+    assert queued.cancelled() or queued.result(timeout=1) == "never"
+    after = work.submit_partial("c", lambda: "never")  # after the stop: cancelled at once, no error
+    assert after.cancelled()

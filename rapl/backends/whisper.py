@@ -73,8 +73,8 @@ class WhisperBackend:
         prompt, hotwords = self.fit_prompt(options.prompt, options.keywords)
         pieces, info = self._model.transcribe(
             audio, language=language, task=options.task, initial_prompt=prompt, hotwords=hotwords,
-            temperature=temperatures(options.temperature), word_timestamps=options.word_timestamps,
-            vad_filter=False,
+            temperature=(options.temperature or 0.0,) if options.draft else temperatures(options.temperature),
+            word_timestamps=options.word_timestamps, without_timestamps=options.draft, vad_filter=False,
         )
         language = language or info.language
         for piece in pieces:

@@ -13,7 +13,7 @@
     healthError: $("health-error"),
     healthQueue: $("health-queue"), footerBackend: $("footer-backend"),
     dropzone: $("dropzone"), file: $("file"), record: $("record"), recordLabel: $("record-label"),
-    recordTime: $("record-time"), micNote: $("mic-note"),
+    recordTime: $("record-time"), micNote: $("mic-note"), live: $("live"), liveLabel: $("live-label"),
     language: $("language"), format: $("format"), again: $("again"),
     keyForm: $("key-form"), keyMessage: $("key-message"), apiKey: $("api-key"),
     keySet: $("key-set"), forgetKey: $("forget-key"),
@@ -32,6 +32,7 @@
     controller: null,     // AbortController of the running request
     pendingRetry: null,   // what to run once the user gives an API key
     recorder: null,
+    live: null,           // the live dictation session: {ws, stream, context, node, items, ...}
     healthTimer: null,
   };
 
@@ -494,6 +495,151 @@
 
   el.record.addEventListener("click", () => {
     if (state.recorder) state.recorder.stop(); else startRecording();
+  });
+
+  /* ---------- live dictation: the microphone over OpenAI's Realtime WebSocket ---------- */
+
+  const LIVE_RATE = 24000; // OpenAI's rate; any other the browser insists on is declared instead
+  if (!(window.AudioWorkletNode && navigator.mediaDevices && navigator.mediaDevices.getUserMedia)) {
+    el.live.disabled = true;
+  }
+
+  function liveUrl() {
+    const url = new URL("v1/realtime?intent=transcription", document.baseURI);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    return url.toString();
+  }
+
+  function base64(buffer) {
+    const bytes = new Uint8Array(buffer);
+    let text = "";
+    for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+    return btoa(text);
+  }
+
+  async function microphoneGraph(stream) {
+    let context = new AudioContext({ sampleRate: LIVE_RATE });
+    let source;
+    try {
+      source = context.createMediaStreamSource(stream);
+    } catch { // a browser that cannot resample the microphone: its own rate, declared to the server
+      await context.close();
+      context = new AudioContext();
+      source = context.createMediaStreamSource(stream);
+    }
+    await context.audioWorklet.addModule(apiUrl("static/pcm-worklet.js"));
+    const node = new AudioWorkletNode(context, "pcm16");
+    source.connect(node);
+    node.connect(context.destination); // pulled by the graph; it outputs silence
+    return { context, node };
+  }
+
+  async function startLive() {
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+    } catch (error) {
+      setJob(`Microphone unavailable: ${error.message || error.name}`, "error");
+      return;
+    }
+    const { context, node } = await microphoneGraph(stream);
+    const protocols = state.apiKey ? ["realtime", `openai-insecure-api-key.${state.apiKey}`] : [];
+    const live = { ws: new WebSocket(liveUrl(), protocols), stream, context, node, items: new Map(),
+                   ready: false, stopping: false, committed: false, opened: false, failed: false };
+    state.live = live;
+    state.audio = null;
+    setActions(false);
+    showOutput("", { placeholder: false });
+    el.live.setAttribute("aria-pressed", "true");
+    el.live.classList.add("recording");
+    el.liveLabel.textContent = "Stop live dictation";
+    setJob("Connecting…", "busy");
+    live.ws.addEventListener("message", (message) => onLiveEvent(live, JSON.parse(message.data)));
+    live.ws.addEventListener("close", (event) => endLive(live, event));
+    node.port.onmessage = (message) => {
+      if (live.ready && !live.committed && live.ws.readyState === WebSocket.OPEN) {
+        live.ws.send(JSON.stringify({ type: "input_audio_buffer.append", audio: base64(message.data) }));
+        if (live.stopping) { // the flushed last samples: the turn is complete
+          live.committed = true;
+          live.node.disconnect();
+          live.ws.send(JSON.stringify({ type: "input_audio_buffer.commit" }));
+        }
+      }
+    };
+  }
+
+  function onLiveEvent(live, event) {
+    const transcription = { model: "gpt-4o-transcribe" };
+    if (options().language) transcription.language = options().language;
+    switch (event.type) {
+      case "session.created":
+        live.opened = true;
+        live.ws.send(JSON.stringify({ type: "session.update", session: { type: "transcription", audio: { input: {
+          format: { type: "audio/pcm", rate: live.context.sampleRate }, turn_detection: null, transcription } } } }));
+        break;
+      case "session.updated":
+        live.ready = true;
+        setJob("Listening… the words appear as you speak.", "busy");
+        break;
+      case "conversation.item.input_audio_transcription.delta":
+        live.items.set(event.item_id, (live.items.get(event.item_id) || "") + event.delta);
+        showLive(live);
+        break;
+      case "conversation.item.input_audio_transcription.completed":
+        live.items.set(event.item_id, event.transcript);
+        showLive(live);
+        if (live.stopping) live.ws.close(1000, "done");
+        break;
+      case "conversation.item.input_audio_transcription.failed":
+        live.failed = true;
+        setJob(`Transcription failed: ${event.error.message}`, "error");
+        if (live.stopping) live.ws.close(1000, "done");
+        break;
+      case "error":
+        if (live.stopping && event.error.code === "input_audio_buffer_commit_empty") live.ws.close(1000, "done");
+        else { live.failed = true; setJob(event.error.message, "error"); }
+        break;
+      default:
+        break;
+    }
+  }
+
+  function showLive(live) {
+    const text = [...live.items.values()].join(" ");
+    showOutput(text);
+    state.shown = { format: "text", body: text, text };
+    el.copy.disabled = !text;
+  }
+
+  function stopLive() {
+    const live = state.live;
+    if (!live || live.stopping) return;
+    live.stopping = true;
+    el.liveLabel.textContent = "Finishing…";
+    el.live.disabled = true;
+    live.stream.getTracks().forEach((track) => track.stop());
+    if (live.ready) live.node.port.postMessage("flush"); // its last samples, then the commit (above)
+    else live.ws.close(1000, "stopped");
+  }
+
+  function endLive(live, event) {
+    live.stream.getTracks().forEach((track) => track.stop());
+    live.context.close();
+    if (state.live === live) state.live = null;
+    el.live.disabled = false;
+    el.live.setAttribute("aria-pressed", "false");
+    el.live.classList.remove("recording");
+    el.liveLabel.textContent = "Live dictation";
+    if (!live.opened && state.authRequired) { // the handshake was refused: most likely the key
+      askForKey(startLive, Boolean(state.apiKey));
+      return;
+    }
+    if (event.code !== 1000 && !live.failed) setJob(`Live dictation stopped: ${event.reason || `connection closed (${event.code})`}`, "error");
+    else if (!live.failed) setJob(live.items.size ? "Done." : "Nothing was heard.", live.items.size ? "" : "error");
+  }
+
+  el.live.addEventListener("click", () => {
+    if (state.live) stopLive(); else startLive();
   });
 
   /* ---------- copy and download ---------- */

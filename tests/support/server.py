@@ -102,3 +102,52 @@ class Server:
         if not trigger._closed:  # the loop had stopped: close from here
             self._server.close()
         self.worker.shutdown()
+
+
+class LiveServer(Server):
+    """RAPL's own server (rapl.server.Server: WebSocket sessions, graceful stop) on a free loopback port,
+    its loop in a thread; ``stop()`` stops it as SIGTERM would (sessions get their close frame)."""
+
+    def __init__(self, app: Flask, **given: Any) -> None:
+        from rapl.server import Server as RaplServer
+
+        self.app = app
+        self.worker = app.extensions["rapl"]
+        self.rapl = RaplServer(app.config["RAPL_SETTINGS"], host="127.0.0.1", port=0, **given).attach(app)
+        self.url = f"http://127.0.0.1:{self.rapl.addresses[0][1]}"
+        self.ws_url = f"ws://127.0.0.1:{self.rapl.addresses[0][1]}"
+        self._clients = []
+        self._closed = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from waitress import wasyncore
+
+        while not self._stop.is_set():
+            wasyncore.loop(timeout=0.05, map=self.rapl._map, count=1)
+        self.rapl.stop()
+
+    def connections(self) -> int:
+        """Client connections waitress holds open now (live sessions included)."""
+        from waitress.channel import HTTPChannel
+
+        return sum(isinstance(channel, HTTPChannel) for channel in list(self.rapl._map.values()))
+
+    def stop(self, timeout: float = 60) -> None:
+        """Stop gracefully, as on SIGTERM, and wait until the server has stopped."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Stop (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        for client in self._clients:
+            client.close()
+        release = getattr(self.worker.backend, "release", None)
+        if release is not None:
+            release()
+        self.stop()
