@@ -380,6 +380,7 @@ class LiveSession:
     def _commit_turn(self, turn: Turn) -> None:
         self.turn = None
         turn.committed = True
+        turn.recording.close()  # its last, partial page counts (peak: a short turn is not "silence")
         self.worker.withdraw_partial(self)  # the final never waits behind this session's stale partial
         self.emit("input_audio_buffer.committed", previous_item_id=self.previous_item, item_id=turn.item_id)
         item = {"id": turn.item_id, "type": "message", "role": "user", "object": "realtime.item",

@@ -517,3 +517,16 @@ def test_the_official_sdk_realtime_client(whisper_live: LiveServer, jfk: Any) ->
     assert event.transcript == text
     assert wer(JFK_TEXT, event.transcript) <= 0.15
     assert event.usage.type == "duration"
+
+
+def test_a_short_committed_turn_reaches_the_model(live: Callable[..., LiveServer], tmp_path: Any) -> None:
+    """A turn shorter than one page of the recording (2 s) is speech, not silence (VAD on, as by default)."""
+    server = live(VAD="true")
+    audio = spoken("Turn on the lights.", tmp_path / "short.wav")
+    assert len(audio) < 2 * 16000
+    with connect(server.ws_url + PATH) as ws:
+        session(ws, turn_detection=None)
+        stream(ws, pcm16(audio))
+        ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
+        completed = events(ws, kind(COMPLETED))[-1]
+    assert completed["transcript"].startswith("speech 1."), completed
