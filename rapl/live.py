@@ -143,6 +143,7 @@ class Turn:
     recording: Recording
     started: int  # the session's audio clock (16 kHz samples) at the turn's first sample
     speech: int = 0  # samples of speech the VAD has heard in it
+    spoken_to: int = 0  # turn length at the last window of speech
     quiet: int = 0  # windows since the last speech (for a window's close at a pause)
     pauses: list[int] = field(default_factory=list)  # turn samples where a pause of ANCHOR_PAUSE_WINDOWS ended
     sent: list[str] = field(default_factory=list)  # units sent as deltas
@@ -334,6 +335,7 @@ class LiveSession:
         if speaking:
             turn.speech += len(samples)
             turn.quiet = 0
+            turn.spoken_to = len(turn)
         elif silent:
             turn.quiet += 1
             if turn.quiet == ANCHOR_PAUSE_WINDOWS:
@@ -424,6 +426,8 @@ class LiveSession:
             return
         length = len(turn)
         if turn.speech < FIRST_SAMPLES or length - turn.partial_at < STEP_SAMPLES:
+            return
+        if turn.partial_at >= turn.spoken_to:  # only silence since the last decode: nothing new to hear
             return
         turn.partial_at = length
         settle = self._anchor(turn, length)

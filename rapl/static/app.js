@@ -527,45 +527,72 @@
       context = new AudioContext();
       source = context.createMediaStreamSource(stream);
     }
-    await context.audioWorklet.addModule(apiUrl("static/pcm-worklet.js"));
-    const node = new AudioWorkletNode(context, "pcm16");
+    let node;
+    try {
+      await context.audioWorklet.addModule(apiUrl("static/pcm-worklet.js"));
+      node = new AudioWorkletNode(context, "pcm16");
+    } catch (error) {
+      context.close();
+      throw error;
+    }
     source.connect(node);
     node.connect(context.destination); // pulled by the graph; it outputs silence
     return { context, node };
   }
 
   async function startLive() {
-    let stream;
+    el.live.disabled = true; // until the session exists: a second click must not open a second one
+    let stream = null;
+    let graph = null;
+    let ws;
     try {
       stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+      graph = await microphoneGraph(stream);
+      const protocols = state.apiKey ? ["realtime", `openai-insecure-api-key.${state.apiKey}`] : [];
+      ws = new WebSocket(liveUrl(), protocols);
     } catch (error) {
-      setJob(`Microphone unavailable: ${error.message || error.name}`, "error");
+      if (stream) stream.getTracks().forEach((track) => track.stop());
+      if (graph) graph.context.close();
+      el.live.disabled = false;
+      const what = stream ? "Live dictation unavailable" : "Microphone unavailable";
+      setJob(`${what}: ${error.message || error.name}`, "error");
       return;
     }
-    const { context, node } = await microphoneGraph(stream);
-    const protocols = state.apiKey ? ["realtime", `openai-insecure-api-key.${state.apiKey}`] : [];
-    const live = { ws: new WebSocket(liveUrl(), protocols), stream, context, node, items: new Map(),
+    const { context, node } = graph;
+    const live = { ws, stream, context, node, items: new Map(), pending: [],
                    ready: false, stopping: false, committed: false, opened: false, failed: false };
     state.live = live;
     state.audio = null;
     setActions(false);
     showOutput("", { placeholder: false });
+    el.live.disabled = false;
     el.live.setAttribute("aria-pressed", "true");
     el.live.classList.add("recording");
     el.liveLabel.textContent = "Stop live dictation";
     setJob("Connecting…", "busy");
-    live.ws.addEventListener("message", (message) => onLiveEvent(live, JSON.parse(message.data)));
-    live.ws.addEventListener("close", (event) => endLive(live, event));
+    ws.addEventListener("open", () => { live.opened = true; });
+    ws.addEventListener("message", (message) => onLiveEvent(live, JSON.parse(message.data)));
+    ws.addEventListener("close", (event) => endLive(live, event));
     node.port.onmessage = (message) => {
-      if (live.ready && !live.committed && live.ws.readyState === WebSocket.OPEN) {
-        live.ws.send(JSON.stringify({ type: "input_audio_buffer.append", audio: base64(message.data) }));
-        if (live.stopping) { // the flushed last samples: the turn is complete
-          live.committed = true;
-          live.node.disconnect();
-          live.ws.send(JSON.stringify({ type: "input_audio_buffer.commit" }));
-        }
+      const last = message.data.last; // the worklet's answer to "flush": the final samples
+      if (live.committed) return;
+      if (!live.ready) { // before session.updated: kept, so the first words are not lost
+        live.pending.push(last || message.data);
+        return;
+      }
+      sendAudio(live, last || message.data);
+      if (last) { // the turn is complete
+        live.committed = true;
+        live.node.disconnect();
+        live.ws.send(JSON.stringify({ type: "input_audio_buffer.commit" }));
       }
     };
+  }
+
+  function sendAudio(live, buffer) {
+    if (buffer.byteLength && live.ws.readyState === WebSocket.OPEN) {
+      live.ws.send(JSON.stringify({ type: "input_audio_buffer.append", audio: base64(buffer) }));
+    }
   }
 
   function onLiveEvent(live, event) {
@@ -573,12 +600,12 @@
     if (options().language) transcription.language = options().language;
     switch (event.type) {
       case "session.created":
-        live.opened = true;
         live.ws.send(JSON.stringify({ type: "session.update", session: { type: "transcription", audio: { input: {
           format: { type: "audio/pcm", rate: live.context.sampleRate }, turn_detection: null, transcription } } } }));
         break;
       case "session.updated":
         live.ready = true;
+        live.pending.splice(0).forEach((buffer) => sendAudio(live, buffer));
         setJob("Listening… the words appear as you speak.", "busy");
         break;
       case "conversation.item.input_audio_transcription.delta":
@@ -630,12 +657,31 @@
     el.live.setAttribute("aria-pressed", "false");
     el.live.classList.remove("recording");
     el.liveLabel.textContent = "Live dictation";
-    if (!live.opened && state.authRequired) { // the handshake was refused: most likely the key
-      askForKey(startLive, Boolean(state.apiKey));
+    if (!live.opened) { // the handshake was refused: the browser says only 1006, so ask why over HTTP
+      if (live.stopping) setJob("Stopped.", ""); else explainRefusal();
       return;
     }
     if (event.code !== 1000 && !live.failed) setJob(`Live dictation stopped: ${event.reason || `connection closed (${event.code})`}`, "error");
     else if (!live.failed) setJob(live.items.size ? "Done." : "Nothing was heard.", live.items.size ? "" : "error");
+  }
+
+  /** Why the server refused the WebSocket: the same URL as a plain GET answers 401 (the key), 426 (the
+      endpoint is there: the upgrade itself failed) or the error that refused it. */
+  async function explainRefusal() {
+    try {
+      const resp = await fetch(apiUrl("v1/realtime?intent=transcription"), { headers: authHeaders(), cache: "no-store" });
+      if (resp.status === 401) {
+        setJob("Waiting for the API key…", "");
+        askForKey(startLive, Boolean(state.apiKey));
+      } else if (resp.status === 426) {
+        setJob(el.health.dataset.state === "failed" ? "Live dictation unavailable: the model failed to load."
+          : "The server refused the live session: live dictation needs RAPL's own server (python -m rapl).", "error");
+      } else {
+        setJob(`Live dictation unavailable: ${(await errorFrom(resp)).message}`, "error");
+      }
+    } catch {
+      setJob("Live dictation failed: the server could not be reached.", "error");
+    }
   }
 
   el.live.addEventListener("click", () => {

@@ -10,20 +10,22 @@ class Pcm16 extends AudioWorkletProcessor {
     this.port.onmessage = () => this.flush();  // the page stops: what is left goes too
   }
 
+  /** The last samples, marked as the last (possibly none): the page commits after them. */
   flush() {
-    if (this.fill) this.port.postMessage(this.chunk.slice(0, this.fill).buffer);
+    this.port.postMessage({ last: this.chunk.slice(0, this.fill).buffer });
     this.fill = 0;
   }
 
   process(inputs) {
-    const samples = inputs[0] && inputs[0][0];
-    if (samples) {
-      for (let i = 0; i < samples.length; i++) {
-        this.chunk[this.fill++] = Math.max(-1, Math.min(1, samples[i])) * 0x7fff;
-        if (this.fill === this.chunk.length) {
-          this.port.postMessage(this.chunk.slice().buffer);
-          this.fill = 0;
-        }
+    const channels = inputs[0] || [];
+    const frames = channels.length ? channels[0].length : 0;
+    for (let i = 0; i < frames; i++) {
+      let sum = 0;
+      for (const channel of channels) sum += channel[i];  // mono: the channels' mean
+      this.chunk[this.fill++] = Math.max(-1, Math.min(1, sum / channels.length)) * 0x7fff;
+      if (this.fill === this.chunk.length) {
+        this.port.postMessage(this.chunk.slice().buffer);
+        this.fill = 0;
       }
     }
     return true;
