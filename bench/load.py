@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 PACKAGES = ("faster-whisper", "ctranslate2", "onnxruntime", "funasr", "torch", "av", "soundfile", "soxr", "waitress",
-            "flask", "numpy")
+            "websockets", "flask", "numpy")
 
 
 def machine(root: Path) -> dict[str, Any]:

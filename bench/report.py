@@ -55,6 +55,7 @@ def render(r: dict[str, Any]) -> str:
     out += render_long(r)
     out += render_peers(r)
     out += render_speakers(r)
+    out += render_live(r)
     out += render_load(r)
     errors = [f"- {b}: {e}" for b, res in r["backends"].items() for e in res.get("errors", [])]
     if errors:
@@ -434,6 +435,7 @@ def targets(r: dict[str, Any]) -> list[Target]:
             speed = row["seconds"] / row["decode_s"]
             found.append(("decode speed (rapl.audio)", f"{backend}, {row['minutes']:g} min FLAC", f"{speed:.0f}x RT",
                           "≥ 500x RT", speed >= 500))
+    found += live_targets(r)
     for row in r.get("decode") or []:
         if row["clip_s"] != 10:
             continue
@@ -475,3 +477,118 @@ def render_speakers(r: dict[str, Any]) -> list[str]:
                    f"{ms(summary(t['with speakers']), 2, 1)} | {ms(summary(t['speakers stage']), 2, 1)} | "
                    f"{sp['ratio']:.2f}x | {' '.join(sp['labels'])} |")
     return out + [""]
+
+
+# --------------------------------------------------------------------------- live dictation (bench/live.py)
+
+
+def _live(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(b, res["live"]) for b, res in r["backends"].items() if isinstance(res.get("live"), dict)]
+
+
+def _s(stat: dict[str, Any] | None, digits: int = 2) -> str:
+    return ms(stat, digits, 1) if stat else "—"
+
+
+def _med(stat: dict[str, Any] | None, digits: int = 2) -> str:
+    return num(stat["median"], digits) if stat and stat.get("n") else "—"
+
+
+def live_targets(r: dict[str, Any]) -> list[Target]:
+    """The live section's targets: first delta, commit → completed against REST, concurrent sessions kept live."""
+    found: list[Target] = []
+    for backend, lv in _live(r):
+        one = lv.get("single") or {}
+        first = one.get("first_delta", math.nan)
+        found.append(("live: first delta after speech start (median over clips)", backend,
+                      f"{num(first, 2)} s", "≤ 1.5 s", None if math.isnan(first) else first <= 1.5))
+        value = one.get("ratio", math.nan)
+        found.append(("live: commit → completed / REST request, same clip (median)", backend,
+                      f"{_x(value)} (beyond its model time: live {_med(one.get('live_wait'))} s, REST "
+                      f"{_med(one.get('rest_overhead'))} s)", "≤ 1.00x",
+                      None if math.isnan(value) else value <= 1.0))
+        levels = lv.get("levels") or []
+        if levels:
+            tried = ", ".join(f"{x['sessions']}: {x['kept']}/{x['sessions']}" for x in levels)
+            most = lv.get("max_kept", 0)
+            top = levels[-1]["all_kept"] and levels[-1]["sessions"] == most
+            found.append(("live: concurrent sessions all kept live (first delta ≤ 3 s, completed ≤ 2 s)", backend,
+                          f"{'≥ ' if top else ''}{most} (kept per level {tried})", "≥ 4", most >= 4))
+        problems = [*one.get("problems", []), *(p for x in levels for p in x.get("problems", []))]
+        if problems:
+            found.append(("live: protocol (no error/failed events, completed = concatenated deltas)", backend,
+                          f"{len(problems)}: {problems[0][:90]}", "none", False))
+    return found
+
+
+def render_live(r: dict[str, Any]) -> list[str]:
+    """Section 8: live dictation over the Realtime WebSocket, against REST on the same server and audio."""
+    got = _live(r)
+    if not got:
+        return []
+    body, levels, notes = [], [], []
+    for backend, lv in got:
+        one = lv.get("single") or {}
+        for row in one.get("rows") or []:
+            text = row.get("text") or {}
+            body.append([backend, row["clip"], num(row["seconds"], 1), num(row["speech_start"], 2),
+                         _s(row["first_delta"]), row["while_speaking"], num(row["deltas_before_commit"], 0),
+                         ms(row["completed"], 0), ms(row["rest"], 0), ms(row["live_model"], 0),
+                         ms(row["rest_model"], 0), ms(row["live_wait"], 0),
+                         f"{num(row['pair_ratio']['median'], 2)}x" if row["pair_ratio"]["n"] else "—",
+                         f"{row['wer'] * 100:.1f}%" if not math.isnan(row["wer"]) else "—",
+                         f"{text.get('live', '')[:70]!r}" + ("" if text.get("live") == text.get("rest")
+                                                            else f" (REST: {text.get('rest', '')[:70]!r})")])
+        if one:
+            body.append([backend, "**all clips**", "", "", f"**{num(one['first_delta'], 2)}** (median)", "", "", "",
+                         "", "", "", ms(one.get("live_wait"), 0), f"**{num(one['ratio'], 2)}x** (median)",
+                         f"**{one['wer'] * 100:.1f}%** (mean)" if not math.isnan(one["wer"]) else "—",
+                         f"{one.get('passes', 1)} pass(es); other load {num(one.get('other_load'), 2)} cores "
+                         f"({one.get('attempts', 1)} attempts)"])
+        for x in lv.get("levels") or []:
+            levels.append([backend, x["sessions"], f"{x['kept']}/{x['sessions']}", x["turns"],
+                           f"{num(x['first_delta']['median'], 2)} / {num(x['first_delta']['max'], 2)}",
+                           x["while_speaking"], f"{num(x['completed']['median'], 2)} / {num(x['completed']['max'], 2)}",
+                           x["failed"], x["partials"], num(x["send_late_max"] * 1000, 0),
+                           f"{num(x.get('other_load'), 2)} ({x.get('attempts', 1)})",
+                           "; ".join(x.get("problems") or [])[:120] or "—"])
+        if lv.get("levels"):
+            notes.append(f"{backend}: largest number of sessions all kept live: **{lv.get('max_kept', 0)}**"
+                         + (" (every level tried)" if lv["levels"][-1]["all_kept"] else
+                            f" ({lv['levels'][-1]['sessions']} did not)"))
+        notes += [f"{backend}: **protocol**: {p}" for p in one.get("problems", [])]
+    first = got[0][1]
+    return ["## 8. Live dictation (Realtime WebSocket)", "",
+            "`ws://HOST:PORT/v1/realtime?intent=transcription` on the same `python -m rapl` server, driven as "
+            "dictation apps drive it (the `websockets` sync client): `session.update` with `audio/pcm` at "
+            f"{first['rate'] // 1000} kHz and `turn_detection: null` (after `session.updated`), PCM16 in "
+            f"{first['chunk_s'] * 1000:.0f} ms `input_audio_buffer.append`s at real-time pace (each sent when its last "
+            "sample would have been recorded), one `input_audio_buffer.commit` at the end, then wait for "
+            "`…transcription.completed`. Clips: en_jfk.flac and espeak-ng sentences of 3–6 s, with 0.5 s of silence "
+            "before and 0.3 s after. `first delta`: from speech start (the first sample above 2% of full scale, "
+            "played at the pace above, so the 100 ms of each append count) to the first `…transcription.delta`, "
+            "seconds; `while speaking`: turns whose first delta came before the commit. `commit → completed` is "
+            "timed from sending the commit; it covers the commit, waiting for a partial decode already running "
+            "(partials are not interrupted), the final transcription of the turn (the model on the 16 kHz audio, "
+            "already resampled as it streamed) and its last delta. `REST` is `POST /v1/audio/transcriptions` "
+            "(json) of the same samples as a 24 kHz 16-bit WAV on the idle server just before, timed by the "
+            "client: upload, decode and resampling, the VAD's speech check, the model, the JSON. So live leaves "
+            "out upload and decode, and REST leaves out the wait for a running partial. `live final model` is the "
+            "final's model time from the server's log, `REST model` the request's `Server-Timing` model stage, "
+            "`live wait` = commit → completed − live final model. `live/REST` is the median of each turn over the "
+            "REST request just before it. WER: `completed.transcript` (deltas are append-only: words sent early "
+            "stay) against the REST text of the same clip. Targets: first delta ≤ 1.5 s, live/REST ≤ 1.00x.", "",
+            table(["backend", "clip", "audio s", "speech at s", "first delta s", "while speaking",
+                   "deltas before commit", "commit → completed ms", "REST ms", "live final model ms",
+                   "REST model ms", "live wait ms", "live/REST", "WER vs REST", "completed.transcript"], body), "",
+            f"**Concurrent sessions.** N sessions opened, then started {first['stagger_s']:g} s apart; session k "
+            "streams every clip at real-time pace starting with clip k (rotated, so turns end at different "
+            f"moments), {first['gap_s']:g} s after each `completed`. A session is **kept live** when every turn's "
+            f"first delta came within {first['kept_first_delta_s']:g} s of speech start and every commit was "
+            f"answered within {first['kept_completed_s']:g} s. Levels stop at the first that keeps not all live. "
+            "`partial decodes`: the server's /health `partials` counter over the level; `client late`: how far "
+            "behind schedule the client's appends went (the client shares the 2 cores). Target: 4 sessions.", "",
+            table(["backend", "sessions", "kept live", "turns", "first delta p50 / max s", "while speaking",
+                   "commit → completed p50 / max s", "failed", "partial decodes", "client late max ms",
+                   "other load, cores (attempts)", "problems"], levels), "",
+            *(f"- {n}" for n in notes), ""]

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python bench/run.py` puts bench/ first on the path, not the repo
     sys.path.insert(0, str(ROOT))
 
-from bench import decode_bench, measure, media, net, peers, report  # noqa: E402
+from bench import decode_bench, live, measure, media, net, peers, report  # noqa: E402
 from bench.direct import Direct  # noqa: E402
 from bench.load import LoadMonitor, loadavg, machine  # noqa: E402
 from bench.servers import start_rapl  # noqa: E402
@@ -59,6 +59,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-peers", action="store_true", help="skip FunASR's server and faster-whisper-server")
     p.add_argument("--no-peer-install", action="store_true",
                    help="do not create bench/.venv-peers (peers are skipped when it is missing)")
+    p.add_argument("--live-repeat", type=int, default=None,
+                   help="passes over the live clips, one session at a time (full 2, quick 1)")
+    p.add_argument("--live-sessions", default="1,2,4,6,8",
+                   help="concurrent live sessions to try, in order, until one level falls behind (1,2,4,6,8)")
+    p.add_argument("--no-live", action="store_true", help="skip the live (Realtime WebSocket) section")
+    p.add_argument("--live-only", action="store_true",
+                   help="only start-up and the live section (no decode, dictation, long files, queue, peers)")
     # the per-backend child process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -77,6 +84,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.format_list = [x for x in args.formats.split(",") if x]
     args.long_list = [float(x) for x in args.long.split(",") if x]
     args.startup_runs = args.startup_runs or (1 if args.quick else 3)
+    args.live_repeat = args.live_repeat or (1 if args.quick else 2)
+    args.live_levels = tuple(int(x) for x in args.live_sessions.split(",") if x)
+    if args.live_only:
+        args.no_peers, args.no_live = True, False
     for backend in BACKENDS:
         if getattr(args, f"long_{backend}") is None:
             setattr(args, f"long_{backend}", LONG_DEFAULT[mode][backend])
@@ -111,7 +122,9 @@ def run_child(args: argparse.Namespace, backend: str, model: Path, work: Path) -
     argv = [sys.executable, "-m", "bench", "--child", "--backend", backend, "--model", str(model),
             "--work", str(work), "--child-out", str(out), "--repeat", str(args.repeat), "--clips", args.clips,
             "--formats", args.formats, "--long", long, "--startup-runs", str(args.startup_runs),
-            "--queue-requests", str(args.queue_requests)]
+            "--queue-requests", str(args.queue_requests), "--live-repeat", str(args.live_repeat),
+            "--live-sessions", args.live_sessions, *(["--no-live"] if args.no_live else []),
+            *(["--live-only"] if args.live_only else [])]
     proc = subprocess.Popen(argv, cwd=ROOT)
     try:
         proc.wait()
@@ -147,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     def mark(name: str, since: float, wall: float) -> None:
         results["timings"][name] = time.perf_counter() - since
         results["windows"][name] = [wall, time.time()]
-    long_all = sorted({float(x) for b in backends
+    long_all = sorted({float(x) for b in backends if not args.live_only
                        for x in (args.long_sensevoice if b == "sensevoice" else args.long_whisper).split(",") if x})
     clip_all = sorted(set(args.clip_list) | {10})
     log.info("building media in %s (clips %s s, long files %s min)", work, clip_all, [f"{x:g}" for x in long_all])
@@ -156,13 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     results["media"] = manifest
     mark("media", t, w)
 
-    log.info("decode: rapl.audio.decode_recording vs the ffmpeg CLI")
-    time.sleep(3)
-    monitor.wait_quiet(measure.NOISY, 120, log, "decode")
-    t, w = time.perf_counter(), time.time()
-    decode_clips = {k: v for k, v in manifest["clips"].items() if k in ("10", "30")}
-    results["decode"] = decode_bench.run(decode_clips, list(media.FORMATS), max(5, 2 * args.repeat))
-    mark("decode", t, w)
+    if not args.live_only:
+        log.info("decode: rapl.audio.decode_recording vs the ffmpeg CLI")
+        time.sleep(3)
+        monitor.wait_quiet(measure.NOISY, 120, log, "decode")
+        t, w = time.perf_counter(), time.time()
+        decode_clips = {k: v for k, v in manifest["clips"].items() if k in ("10", "30")}
+        results["decode"] = decode_bench.run(decode_clips, list(media.FORMATS), max(5, 2 * args.repeat))
+        mark("decode", t, w)
 
     models: dict[str, Path] = {}
     for backend in backends:
@@ -203,7 +217,8 @@ def run_backend(args: argparse.Namespace) -> int:
 
     It loads no model itself. Order: start-up (``python -m rapl`` subprocesses; the last keeps running),
     the direct process (bench/direct.py: the library alone, loaded once), dictation (server vs direct,
-    interleaved), long files, queue, speaker labels (whisper).
+    interleaved), long files, queue, live dictation (bench/live.py, on the same server), speaker labels (whisper).
+    With ``--live-only``: start-up, then live dictation.
     """
     work = Path(args.work)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
@@ -257,7 +272,7 @@ def run_backend(args: argparse.Namespace) -> int:
         got = section("startup", lambda: measure.startup(rapl("default"), wav, m4a, args.startup_runs))
         if got is not None:
             out["startup"], srv = got
-        if srv is not None:
+        if srv is not None and not args.live_only:
             section("direct", start_direct)
         if srv is not None and direct is not None:
             items = measure.bodies(clips, args.format_list)
@@ -268,7 +283,9 @@ def run_backend(args: argparse.Namespace) -> int:
                 section("long", lambda: measure.long_files(srv, direct, backend, model, manifest["long"], minutes))
             section("queue", lambda: measure.queue(srv.port, wav, direct, npys[("10", "wav16")],
                                                    args.queue_requests))
-        if srv is not None and backend == "whisper":
+        if srv is not None and not args.no_live:
+            section("live", lambda: live.run(srv, work, args.live_repeat, args.live_levels))
+        if srv is not None and backend == "whisper" and not args.live_only:
             section("speakers", lambda: measure.speakers(srv.port, args.repeat))
     finally:
         if srv is not None:

@@ -55,9 +55,11 @@ ANCHOR_PAUSE_WINDOWS = 8  # a pause of 256 ms (8 Silero windows) may close a liv
 SETTLE_MARGIN = 5 * SAMPLE_RATE  # a live window closes at least this far before its newest audio
 HOLD_BACK = 1  # the newest unit of the latest hypothesis is never sent (the audio may have cut it)
 EDGE = 1  # nor the newest unit of an earlier hypothesis it is checked against
-# transcription.delay (OpenAI's: how long to wait before emitting text, for accuracy): how many earlier
-# hypotheses must agree with the latest before a unit is sent. Default medium.
-AGREEMENT = {"minimal": 1, "low": 1, "medium": 2, "high": 3, "xhigh": 4}
+# transcription.delay (OpenAI's: how long to wait before emitting text, for accuracy): a unit is sent
+# once the latest hypothesis and every earlier one decoded in the last this many seconds of audio agree
+# on it (at least the one before): at a decode every 0.3-0.5 s, medium asks three in a row to agree; when
+# the model is busy and decodes come seldom, the one before, further back, is enough. Default medium.
+AGREEMENT_SECONDS = {"minimal": 0.0, "low": 0.5, "medium": 1.0, "high": 1.5, "xhigh": 2.5}
 _UNITS = re.compile(f"\\s*(?:[{UNSPACED}]|[^\\s{UNSPACED}]+)")
 _CLIENT_EVENTS = ("session.update", "transcription_session.update", "input_audio_buffer.append",
                   "input_audio_buffer.commit", "input_audio_buffer.clear")
@@ -149,7 +151,7 @@ class Turn:
     sent: list[str] = field(default_factory=list)  # units sent as deltas
     window: int = 0  # turn sample where the live window starts
     window_sent: int = 0  # units of ``sent`` before the window
-    hypotheses: list[list[str]] = field(default_factory=list)  # the window's latest decodes, as units
+    hypotheses: list[tuple[int, list[str]]] = field(default_factory=list)  # recent decodes: (length, units)
     partial_at: int = 0  # turn length at the last partial decode
     partial: Future[Any] | None = None
     final: Future[Transcription] | None = None
@@ -463,14 +465,16 @@ class LiveSession:
         length = tagged.length
         log.debug("%s partial at %.2f s: %r", turn.item_id, length / SAMPLE_RATE, texts[-1])
         delay = self.config.delay or "medium"
-        earlier = turn.hypotheses[-AGREEMENT[delay]:]
-        if len(earlier) == AGREEMENT[delay]:
+        since = length - AGREEMENT_SECONDS[delay] * SAMPLE_RATE
+        earlier = [h for n, h in turn.hypotheses if n >= since] or [h for _n, h in turn.hypotheses[-1:]]
+        if earlier:
             edge = 0 if delay == "minimal" else EDGE
             agreed = min(stable_count(h, latest, edge) for h in earlier)
             said = len(turn.sent) - turn.window_sent
             if agreed > said:
                 self._say(turn, latest[said:agreed])
-        turn.hypotheses = turn.hypotheses[-max(AGREEMENT.values()):] + [latest]
+        turn.hypotheses = [(n, h) for n, h in turn.hypotheses if n >= length - 3 * SAMPLE_RATE][-8:] + \
+            [(length, latest)]
 
     def _say(self, turn: Turn, new: list[str]) -> None:
         if not new:
