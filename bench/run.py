@@ -38,6 +38,7 @@ from bench.servers import start_rapl  # noqa: E402
 
 log = logging.getLogger("bench")
 BACKENDS = ("sensevoice", "whisper")
+LIVE_ONLY = ("mlx",)  # measured in start-up and the live section only (bench.direct has no MLX call)
 # Budgets that keep the full run near 20 minutes on 2 cores: Whisper tiny.en transcribes
 # speech at about 15x real time here, the tiny SenseVoice model at about 100x, and each long
 # file runs twice (the server, then the library alone).
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (the parent's options, and the hidden ones of the per-backend child)."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", choices=(*BACKENDS, "all"), default="all", help="backend(s) to measure (all)")
+    p.add_argument("--backend", choices=(*BACKENDS, *LIVE_ONLY, "all"), default="all",
+                   help="backend(s) to measure (all: sensevoice and whisper; mlx: the tiny MLX test model, live only)")
     p.add_argument("--repeat", type=int, default=None, help="repeats per measurement (full 5, quick 3)")
     p.add_argument("--quick", action="store_true", help="short run: 3 repeats, 3 and 10 s clips, no 60-min file")
     p.add_argument("--json", metavar="OUT", help="also write every raw measurement to this JSON file")
@@ -86,6 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.startup_runs = args.startup_runs or (1 if args.quick else 3)
     args.live_repeat = args.live_repeat or (1 if args.quick else 2)
     args.live_levels = tuple(int(x) for x in args.live_sessions.split(",") if x)
+    args.live_only = args.live_only or args.backend in LIVE_ONLY
     if args.live_only:
         args.no_peers, args.no_live = True, False
     for backend in BACKENDS:
@@ -103,6 +106,17 @@ def tiny_sensevoice(work: Path) -> Path:
     if not (path / "model.pt").is_file():
         code = ("import sys; from pathlib import Path; sys.path[:0] = [sys.argv[2], sys.argv[2] + '/tests']; "
                 "from tiny_funasr import make_sensevoice; make_sensevoice(Path(sys.argv[1]))")
+        subprocess.run([sys.executable, "-c", code, str(path), str(ROOT)], check=True, cwd=ROOT,
+                       capture_output=True)
+    return path
+
+
+def tiny_mlx(work: Path) -> Path:
+    """Build the tiny random Qwen3-ASR model (mlx-audio's format) with tests/tiny_mlx.py in a subprocess."""
+    path = work / "models" / "qwen3-asr-tiny"
+    if not (path / "config.json").is_file():
+        code = ("import sys; from pathlib import Path; sys.path[:0] = [sys.argv[2], sys.argv[2] + '/tests']; "
+                "from tiny_mlx import make_qwen3_asr; make_qwen3_asr(Path(sys.argv[1]))")
         subprocess.run([sys.executable, "-c", code, str(path), str(ROOT)], check=True, cwd=ROOT,
                        capture_output=True)
     return path
@@ -182,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     for backend in backends:
         t, w = time.perf_counter(), time.time()
         try:
-            models[backend] = tiny_sensevoice(work) if backend == "sensevoice" else whisper_model()
+            build = {"sensevoice": tiny_sensevoice, "mlx": tiny_mlx}.get(backend, lambda _work: whisper_model())
+            models[backend] = build(work)
         except Exception as exc:  # noqa: BLE001 - reported in the output
             results["backends"][backend] = {"backend": backend, "errors": [f"model: {type(exc).__name__}: {exc}"]}
             continue

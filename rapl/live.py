@@ -7,7 +7,7 @@ Audio is decoded (PCM16 at the declared rate, G.711 μ-law or A-law), resampled 
 uploads are, and judged by Silero as it arrives. A turn is the audio since the last commit
 (``turn_detection: null``) or a stretch of speech the VAD found (``server_vad``). While a turn
 grows, its audio is decoded again in the model thread's low-priority lane (rapl.worker), and
-words two consecutive hypotheses agree on (and that are not the newest one's last) go out as
+words the recent hypotheses agree on (AGREEMENT; not the newest one's last) go out as
 append-only deltas. The turn's final transcription is a REST transcription of the same audio;
 what it adds beyond the words already sent goes out as a last delta, so ``completed.transcript``
 is always the concatenation of the item's deltas. A turn longer than MAX_CHUNK_SECONDS is
@@ -49,17 +49,19 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
 MIN_COMMIT_SAMPLES = SAMPLE_RATE // 10  # OpenAI refuses a commit of less than 100 ms
-STEP_SAMPLES = int(0.3 * SAMPLE_RATE)  # new audio before the next partial decode of a turn
+STEP_SAMPLES = int(0.2 * SAMPLE_RATE)  # new audio before the next partial decode of a turn
 FIRST_SAMPLES = int(0.3 * SAMPLE_RATE)  # speech in a turn before its first partial decode
 ANCHOR_PAUSE_WINDOWS = 8  # a pause of 256 ms (8 Silero windows) may close a live window
 SETTLE_MARGIN = 5 * SAMPLE_RATE  # a live window closes at least this far before its newest audio
 HOLD_BACK = 1  # the newest unit of the latest hypothesis is never sent (the audio may have cut it)
 EDGE = 1  # nor the newest unit of an earlier hypothesis it is checked against
 # transcription.delay (OpenAI's: how long to wait before emitting text, for accuracy): a unit is sent
-# once the latest hypothesis and every earlier one decoded in the last this many seconds of audio agree
-# on it (at least the one before): at a decode every 0.3-0.5 s, medium asks three in a row to agree; when
-# the model is busy and decodes come seldom, the one before, further back, is enough. Default medium.
-AGREEMENT_SECONDS = {"minimal": 0.0, "low": 0.5, "medium": 1.0, "high": 1.5, "xhigh": 2.5}
+# once the latest hypothesis and the earlier ones decoded in the last this many seconds of audio agree on
+# it, counting only those that heard past it (a hypothesis of the first 0.3 s has no say on the third word),
+# and at least this many of them where there are as many: at a decode every 0.2 s, medium asks at least
+# three hypotheses in a row to agree on each word; when the model is busy and decodes come seldom, the one
+# before, further back, is enough. Default medium.
+AGREEMENT = {"minimal": (0.0, 1), "low": (0.5, 1), "medium": (1.0, 2), "high": (1.5, 2), "xhigh": (2.5, 3)}
 _UNITS = re.compile(f"\\s*(?:[{UNSPACED}]|[^\\s{UNSPACED}]+)")
 _CLIENT_EVENTS = ("session.update", "transcription_session.update", "input_audio_buffer.append",
                   "input_audio_buffer.commit", "input_audio_buffer.clear")
@@ -86,6 +88,19 @@ def stable_count(previous: list[str], latest: list[str], edge: int = EDGE) -> in
 def _bare(unit: str) -> str:
     """A unit as hypotheses are compared: case and surrounding punctuation aside."""
     return bare_word(unit.strip()).lower() or unit.strip()
+
+
+def agreed(hypotheses: list[tuple[int, list[str]]], latest: list[str], length: int, said: int,
+           delay: str = "medium") -> int:
+    """How many leading units of ``latest`` (decoded at turn length ``length``) the earlier
+    ``hypotheses`` ((length, units), oldest first) agree on by the AGREEMENT rule of ``delay``;
+    ``said``: units already sent (0 when there is nothing earlier to agree with)."""
+    seconds, voters = AGREEMENT[delay]
+    edge = 0 if delay == "minimal" else EDGE
+    earlier = [h for n, h in hypotheses if n >= length - seconds * SAMPLE_RATE] or [h for _n, h in hypotheses[-1:]]
+    heard = [h for h in earlier if len(h) - edge > said]  # those that heard past the units sent
+    earlier = heard if len(heard) >= min(voters, len(earlier)) else earlier
+    return min((stable_count(h, latest, edge) for h in earlier), default=0)
 
 
 def continuation(sent: list[str], final: list[str]) -> int:
@@ -464,15 +479,10 @@ class LiveSession:
         latest = units(texts[-1])
         length = tagged.length
         log.debug("%s partial at %.2f s: %r", turn.item_id, length / SAMPLE_RATE, texts[-1])
-        delay = self.config.delay or "medium"
-        since = length - AGREEMENT_SECONDS[delay] * SAMPLE_RATE
-        earlier = [h for n, h in turn.hypotheses if n >= since] or [h for _n, h in turn.hypotheses[-1:]]
-        if earlier:
-            edge = 0 if delay == "minimal" else EDGE
-            agreed = min(stable_count(h, latest, edge) for h in earlier)
-            said = len(turn.sent) - turn.window_sent
-            if agreed > said:
-                self._say(turn, latest[said:agreed])
+        said = len(turn.sent) - turn.window_sent
+        settled = agreed(turn.hypotheses, latest, length, said, self.config.delay or "medium")
+        if settled > said:
+            self._say(turn, latest[said:settled])
         turn.hypotheses = [(n, h) for n, h in turn.hypotheses if n >= length - 3 * SAMPLE_RATE][-8:] + \
             [(length, latest)]
 

@@ -24,7 +24,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from rapl import create_app
-from rapl.live import continuation, stable_count, units
+from rapl.backends.whisper import trim_loop
+from rapl.live import agreed, continuation, stable_count, units
 from support.fake_backend import FakeBackend, say
 from support.server import LiveServer, wait_until
 from support.speech import JFK_TEXT, build_recording, spoken, wer
@@ -130,6 +131,24 @@ def test_agreement_leaves_out_the_newest_words() -> None:
     assert stable_count(units("hello"), units("Hello,")) == 0  # the newest of both
 
 
+def test_a_word_is_sent_once_the_hypotheses_that_heard_past_it_agree() -> None:
+    s = 16000
+    please, remember, to = units("Please remember to")[:1], units("Please remember"), units("Please remember to")
+    latest = units("Please remember to water")
+    # the hypothesis of 0.3 s heard "Please" only: it has no say on it; the two after it agree
+    assert agreed([(int(0.3 * s), please), (int(0.5 * s), remember), (int(0.7 * s), to)], latest, int(0.9 * s), 0) == 1
+    # only one hypothesis heard past "Please": medium wants two, so every one in the last second votes
+    assert agreed([(int(0.3 * s), please), (int(0.5 * s), remember)], units("Please remember to"), int(0.7 * s), 0) == 0
+    assert agreed([(int(0.3 * s), please), (int(0.5 * s), remember)], units("Please remember to"), int(0.7 * s), 0,
+                  "low") == 1
+    # one that disagrees blocks what it heard differently
+    assert agreed([(int(0.5 * s), to)], latest, int(0.9 * s), 0) == 2
+    assert agreed([(int(0.5 * s), to), (int(0.7 * s), units("Please remind you to"))], latest, int(0.9 * s), 0) == 1
+    # a busy model: the one hypothesis before, however far back, is enough
+    assert agreed([(int(1.0 * s), to)], latest, int(3.0 * s), 0) == 2
+    assert agreed([], latest, s, 0) == 0
+
+
 def test_the_final_goes_on_after_what_was_sent() -> None:
     final = units("And so, my fellow Americans, ask not")
     assert continuation(units("And so my"), final) == 3
@@ -138,6 +157,15 @@ def test_the_final_goes_on_after_what_was_sent() -> None:
 
 
 # -- the protocol ---------------------------------------------------------------------------------
+
+
+def test_a_looping_draft_is_cut_where_it_starts_to_repeat() -> None:
+    assert trim_loop("And so my fellow Americans, and so and so and so") == "And so my fellow Americans, and so"
+    assert trim_loop("ask not ask not ask not") == "ask not"
+    assert trim_loop("the the the end") == "the"
+    assert trim_loop("that that is") == "that that is"  # one word twice is speech
+    assert trim_loop("And so, my fellow Americans, ask not") == "And so, my fellow Americans, ask not"
+    assert trim_loop("") == ""
 
 
 def test_session_created_updated_and_the_beta_shape(fake: LiveServer) -> None:
@@ -530,3 +558,29 @@ def test_a_short_committed_turn_reaches_the_model(live: Callable[..., LiveServer
         ws.send(json.dumps({"type": "input_audio_buffer.commit"}))
         completed = events(ws, kind(COMPLETED))[-1]
     assert completed["transcript"].startswith("speech 1."), completed
+
+
+@pytest.mark.slow
+def test_whisper_drafts_hear_the_turn_so_far(whisper_model: str, whisper_base_model: str, jfk: Any,
+                                             shared_audio: Any) -> None:
+    """A live draft (a short encoder input, one greedy pass) reads the words of a turn's first seconds, in
+    the turn's own language on a multilingual model; a turn of 30 s or more is decoded the usual way."""
+    from rapl.backends.whisper import WhisperBackend
+    from rapl.settings import Settings
+    from rapl.transcription import Options
+
+    def backend(model: str) -> WhisperBackend:
+        loaded = WhisperBackend(Settings.load({"ENV_FILE": "", "BACKEND": "whisper", "LOCAL_MODEL": model}, environ={}))
+        loaded.load()
+        return loaded
+
+    draft = Options(draft=True)
+    jfk_audio = _clip(jfk)
+    tiny = backend(whisper_model)
+    (segment,) = tiny.transcribe(jfk_audio[:int(3.5 * 16000)], draft)
+    assert "fellow" in segment.text.lower() and segment.language == "en", segment
+    whole = list(tiny.transcribe(np.tile(jfk_audio, 3), draft))
+    assert len(whole) > 1 and wer(" ".join([JFK_TEXT] * 3), " ".join(s.text for s in whole)) <= 0.2
+    base = backend(whisper_base_model)
+    (zh,) = base.transcribe(_clip(shared_audio / "zh_sample.wav")[:4 * 16000], draft)
+    assert zh.language == "zh" and any("\u4e00" <= c <= "\u9fff" for c in zh.text), zh

@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 
 _TEMPERATURE_STEP = 0.2  # Whisper's temperature increment on fallback
 _MAX_LENGTH = 448  # tokens Whisper's decoder reads: half of it (less one) is the prompt's
+_HOP = SAMPLE_RATE // 100  # samples per feature frame (10 ms)
+_WINDOW_FRAMES = 3000  # Whisper's encoder window: 30 s of 10 ms feature frames
+_DRAFT_PAD_FRAMES = 100  # a live draft's encoder input: its audio, then at least 1 s of silence ...
+_DRAFT_MIN_FRAMES = 800  # ... and at least 8 s in all (shorter inputs loop: "and so and so and so")
+_DRAFT_TOKENS = (10, 6)  # a draft's text at most: 10 tokens, and 6 more per second of audio
+_DRAFT_BEAM = 1  # a draft is one greedy pass
 
 
 class WhisperBackend:
@@ -69,6 +75,9 @@ class WhisperBackend:
 
     def transcribe(self, audio: np.ndarray, options: Options) -> Iterator[Segment]:
         """Transcribe (or translate) with faster-whisper, one Segment per Whisper segment."""
+        if options.draft and len(audio) + _DRAFT_PAD_FRAMES * _HOP < _WINDOW_FRAMES * _HOP:
+            yield self._draft(audio, options)
+            return
         language = options.language or self._detect_among(audio, options.candidates)
         prompt, hotwords = self.fit_prompt(options.prompt, options.keywords)
         pieces, info = self._model.transcribe(
@@ -82,6 +91,39 @@ class WhisperBackend:
             if options.logprobs:
                 segment = self._with_logprobs(audio, segment, language, options.task)
             yield segment
+
+    def _draft(self, audio: np.ndarray, options: Options) -> Segment:
+        """A live partial decode in one greedy pass, its encoder fed the audio and a second of silence
+        rather than Whisper's whole 30 s window (as whisper.cpp's ``audio_ctx`` does): 3 s of speech
+        costs a tenth of the encoder's time, so a turn is decoded again every few hundred milliseconds
+        and several sessions share one model thread. Drafts only: a final is decoded over the full window."""
+        from faster_whisper.tokenizer import Tokenizer
+
+        model = self._model
+        frames = min(_WINDOW_FRAMES, max(_DRAFT_MIN_FRAMES, len(audio) // _HOP + _DRAFT_PAD_FRAMES))
+        frames += frames % 2  # the encoder's convolution halves the frames
+        features = model.feature_extractor(audio, padding=frames * _HOP - len(audio))[:, :frames]
+        encoded = model.encode(features)
+        language = options.language or self._draft_language(encoded, options.candidates)
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=options.task, language=language)
+        prompt, hotwords = self.fit_prompt(options.prompt, options.keywords)
+        previous = tokenizer.encode(" " + prompt.strip()) if prompt else []
+        sequence = model.get_prompt(tokenizer, previous, without_timestamps=True, hotwords=hotwords)
+        budget = _DRAFT_TOKENS[0] + int(_DRAFT_TOKENS[1] * len(audio) / SAMPLE_RATE)
+        (result,) = model.model.generate(encoded, [sequence], beam_size=_DRAFT_BEAM, max_length=len(sequence) + budget,
+                                         suppress_blank=True, suppress_tokens=[-1])
+        tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
+        text = trim_loop(tokenizer.decode(tokens).strip())
+        return Segment(start=0.0, end=len(audio) / SAMPLE_RATE, text=text, tokens=tuple(tokens), language=language)
+
+    def _draft_language(self, encoded: Any, candidates: tuple[str, ...]) -> str | None:
+        """The language of a draft's audio, from its own encoder output (among ``candidates`` if given)."""
+        if not self._model.model.is_multilingual:
+            return "en"
+        (scores,) = self._model.model.detect_language(encoded)
+        probability = {token[2:-2]: p for token, p in scores}
+        pool = candidates or tuple(probability)
+        return max(pool, key=lambda code: probability.get(code, 0.0))
 
     def fit_prompt(self, prompt: str | None, keywords: tuple[str, ...]) -> tuple[str | None, str | None]:
         """The initial prompt and hotwords that fit the decoder's prompt budget together (see :func:`fit_prompt`)."""
@@ -156,6 +198,20 @@ def _tail(prompt: str | None, room: int, encode: Callable[[str], list[int]],
             return text or None
         keep -= 1
     return None
+
+
+def trim_loop(text: str) -> str:
+    """``text`` up to where it starts repeating itself: a run of two or more words said again at once,
+    or one word three times in a row (greedy decoding of cut-off audio loops; speech hardly does)."""
+    words = text.split()
+    bare = [w.strip(".,!?;:").lower() for w in words]
+    for start in range(len(words)):
+        for size in range(1, (len(words) - start) // 2 + 1):
+            if bare[start:start + size] != bare[start + size:start + 2 * size]:
+                continue
+            if size > 1 or bare[start + 2:start + 3] == bare[start:start + 1]:
+                return " ".join(words[:start + size]).rstrip(",;:")
+    return text
 
 
 def temperatures(temperature: float | None) -> tuple[float, ...]:
