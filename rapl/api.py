@@ -30,7 +30,10 @@ bp = Blueprint("api", __name__)
 # Dictation apps differ on whether their base URL ends in /v1, so serve all three.
 PREFIXES = ("/v1", "", "/v1/v1")
 # OpenAI's speech-to-text model names: requests may use any of them (or any name at all).
-OPENAI_MODELS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+# The audio models of openai-python's AudioModel, then the Realtime transcription ones.
+OPENAI_MODELS = ("whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
+                 "gpt-4o-mini-transcribe-2025-12-15", "gpt-4o-transcribe-diarize", "gpt-live-transcribe",
+                 "gpt-realtime-whisper")
 # A body this large is trimmed from the heap once the model is idle (rapl.heap keeps freed memory).
 TRIM_BODY_BYTES = 32 * 2**20
 
@@ -167,7 +170,8 @@ def log_request(stats: dict[str, Any], status: int) -> None:
 
 
 def _respond(result: Transcription, req: params.AudioRequest, headers: dict[str, str]) -> Response:
-    body = formats.render(result, req.response_format, req.words, req.segments, req.logprobs)
+    body = formats.render(result, req.response_format, req.words, req.segments, req.logprobs, req.model,
+                          req.options.prompt)
     if isinstance(body, dict):
         resp = jsonify(body)
     else:
@@ -230,6 +234,7 @@ def _streaming(start: Callable[[Callable[[Segment], None]], Future[Transcription
                 done = {"type": "transcript.text.done", "text": result.text}
                 if req.logprobs:
                     done["logprobs"] = formats.token_logprobs(result.logprobs)
+                done["languages"] = formats.languages(result)
                 yield _sse({**done, "usage": formats.token_usage(result, req.options.prompt)})
             else:
                 if isinstance(error, RaplError):

@@ -31,6 +31,23 @@ def usage(result: Transcription) -> dict[str, Any]:
     return {"type": "duration", "seconds": math.ceil(result.duration)}
 
 
+def by_tokens(model: str) -> bool:
+    """Whether OpenAI bills ``model`` (the name a request sent) by tokens: the GPT transcription models
+    (gpt-transcribe, gpt-4o-transcribe, gpt-4o-mini-transcribe..., gpt-live-transcribe), not the Whisper
+    ones (whisper-1, gpt-realtime-whisper), which are billed by duration; any other name: by duration."""
+    return model.startswith("gpt-") and "whisper" not in model
+
+
+def usage_for(result: Transcription, model: str, prompt: str | None = None) -> dict[str, Any]:
+    """The usage block OpenAI gives for ``model``: tokens or duration (see :func:`by_tokens`)."""
+    return token_usage(result, prompt) if by_tokens(model) else usage(result)
+
+
+def languages(result: Transcription) -> list[dict[str, str]]:
+    """OpenAI's ``languages``: each language heard, in order of appearance (empty: none detected)."""
+    return [{"code": code} for code in result.languages]
+
+
 def token_usage(result: Transcription, prompt: str | None = None) -> dict[str, Any]:
     """OpenAI's token usage block (stream ``transcript.text.done`` events).
 
@@ -46,12 +63,14 @@ def token_usage(result: Transcription, prompt: str | None = None) -> dict[str, A
             "input_token_details": {"audio_tokens": audio, "text_tokens": text_in}}
 
 
-def to_json(result: Transcription, logprobs: bool = False) -> dict[str, Any]:
-    """``response_format=json``; ``logprobs`` adds each token's log-probability (include[]=logprobs)."""
-    body: dict[str, Any] = {"text": result.text}
+def to_json(result: Transcription, logprobs: bool = False, model: str = "",
+            prompt: str | None = None) -> dict[str, Any]:
+    """``response_format=json``; ``logprobs`` adds each token's log-probability (include[]=logprobs);
+    ``model`` (the name the request sent) and ``prompt`` shape the usage block."""
+    body: dict[str, Any] = {"text": result.text, "languages": languages(result)}
     if logprobs:
         body["logprobs"] = token_logprobs(result.logprobs)
-    body["usage"] = usage(result)
+    body["usage"] = usage_for(result, model, prompt)
     return body
 
 
@@ -69,7 +88,9 @@ def to_verbose_json(result: Transcription, words: bool = False, segments: bool =
     """``response_format=verbose_json``: ``segments`` and/or ``words`` (OpenAI's timestamp_granularities)."""
     body: dict[str, Any] = {
         "task": result.task,
-        "language": name_of(result.language) or "unknown",
+        # a translation's is the output's (OpenAI: "always english"); languages[] are the input's
+        "language": "english" if result.task == "translate" else name_of(result.language) or "unknown",
+        "languages": languages(result),
         "duration": ms(result.duration),
         "text": result.text,
     }
@@ -135,11 +156,11 @@ def to_vtt(result: Transcription) -> str:
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def to_diarized_json(result: Transcription) -> dict[str, Any]:
+def to_diarized_json(result: Transcription, model: str = "", prompt: str | None = None) -> dict[str, Any]:
     """``response_format=diarized_json``: segments labelled by speaker (``extra["speaker"]``)."""
     return {"task": "transcribe", "duration": ms(result.duration), "text": result.text,
             "segments": [diarized_segment(i, s) for i, s in enumerate(timed_segments(result))],
-            "usage": usage(result)}
+            "usage": usage_for(result, model, prompt)}
 
 
 def diarized_segment(index: int, seg: Segment) -> dict[str, Any]:
@@ -153,13 +174,14 @@ def segment_id(index: int) -> str:
     return f"seg_{index}"
 
 
-def render(result: Transcription, response_format: str, words: bool = False,
-           segments: bool = True, logprobs: bool = False) -> str | dict[str, Any]:
-    """The body for ``response_format``: a dict for the JSON formats, else text."""
+def render(result: Transcription, response_format: str, words: bool = False, segments: bool = True,
+           logprobs: bool = False, model: str = "", prompt: str | None = None) -> str | dict[str, Any]:
+    """The body for ``response_format``: a dict for the JSON formats, else text. ``model`` is the name
+    the request sent (json and diarized_json give token usage for GPT names, as OpenAI does)."""
     if response_format == "json":
-        return to_json(result, logprobs)
+        return to_json(result, logprobs, model, prompt)
     if response_format == "verbose_json":
         return to_verbose_json(result, words, segments)
     if response_format == "diarized_json":
-        return to_diarized_json(result)
+        return to_diarized_json(result, model, prompt)
     return {"text": to_text, "srt": to_srt, "vtt": to_vtt}[response_format](result)

@@ -512,10 +512,10 @@ class LiveSession:
         body: dict[str, Any] = {"item_id": turn.item_id, "content_index": 0, "transcript": transcript}
         if self.request.logprobs:
             body["logprobs"] = formats.token_logprobs(result.logprobs)
-        model = self.config.model
-        body["usage"] = (formats.token_usage(result, self.request.options.prompt) if model.startswith("gpt-")
+        prompt = self.request.options.prompt
+        body["usage"] = (formats.token_usage(result, prompt) if formats.by_tokens(self.config.model)
                          else {"type": "duration", "seconds": formats.ms(result.duration)})
-        body["languages"] = [{"code": result.language}] if result.language else []
+        body["languages"] = formats.languages(result)
         self.emit("conversation.item.input_audio_transcription.completed", **body)
 
     # ------------------------------------------------------------------ the end

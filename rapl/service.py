@@ -125,7 +125,12 @@ class Transcriber:
         """The model, then the replacement rules (on each segment as it comes) and the speaker labels."""
         begun = time.perf_counter()
         rules = self.vocabulary.replacements
-        fixed = (lambda s: replace(s, text=rules.apply(s.text))) if rules else (lambda s: s)
+
+        def fixed(segment: Segment) -> Segment:  # the text and its timed words alike
+            if not rules:
+                return segment
+            return replace(segment, text=rules.apply(segment.text), words=rules.apply_words(segment.words))
+
         told = (lambda s: on_segment(fixed(s))) if on_segment is not None else None
         result = run(self.worker.backend, job.audio, job.request.options, chunks, label=job.label,
                      progress=self.progress, on_segment=told)

@@ -22,10 +22,12 @@ DEFAULT_MODELS = {name: spec.default_model for name, spec in SPECS.items()}
 RICH_MODES = ("plain", "emoji", "tags")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 SPEAKER_MODELS = ("resemblyzer", "campplus", "pyannote")  # rapl.encoders.ENCODERS has the same keys
-# CORS_ORIGINS=local: pages served on this machine. Not null (file:// pages and Electron windows,
-# but also sandboxed iframes on any website): CORS_ORIGINS=local,null opts in.
+# CORS_ORIGINS=local: pages served on this machine, and Tauri apps' webviews (tauri://localhost on macOS
+# and Linux, http(s)://tauri.localhost on Windows: *.localhost is always this machine). Not null (file://
+# pages and Electron windows, but also sandboxed iframes on any website): CORS_ORIGINS=local,null opts in.
 LOCAL_ORIGINS = ("http://localhost:*", "http://127.0.0.1:*", "http://[::1]:*",
-                 "https://localhost:*", "https://127.0.0.1:*", "https://[::1]:*")
+                 "https://localhost:*", "https://127.0.0.1:*", "https://[::1]:*",
+                 "tauri://localhost", "http://tauri.localhost", "https://tauri.localhost")
 _HOST_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(:(\d{1,5}|\*))?$")
 
@@ -144,7 +146,8 @@ SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
     "API_KEY": ("", _text, "If set, the API needs 'Authorization: Bearer <key>' (open: /health, /openapi.json, "
                 "the web page / and /static/*)."),
     "CORS_ORIGINS": ("local", _origins, "Web pages allowed to call the API (others get 403): local (localhost "
-                     "pages), null (file:// pages, Electron apps), *, none, or a comma list of these and origins."),
+                     "pages, Tauri apps), null (file:// pages, Electron apps), *, none, or a comma list of these "
+                     "and origins."),
     "ALLOWED_HOSTS": ("", _hosts, "Host names clients reach RAPL by besides localhost, HOST and IP addresses (LAN "
                       "name, reverse proxy), comma-separated, or *; other names get 421."),
     "MAX_UPLOAD_MB": ("25", _int(1, 4096), "Largest accepted upload in megabytes (OpenAI's limit is 25)."),

@@ -95,6 +95,12 @@ class Transcription:
                    segments=tuple(segments), task=task)
 
     @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages heard, in order of appearance (each segment's, else the result's)."""
+        heard = tuple(dict.fromkeys(s.language for s in self.segments if s.language))
+        return heard or ((self.language,) if self.language else ())
+
+    @property
     def words(self) -> tuple[Word, ...]:
         """Every timed word of every segment, in order."""
         return tuple(w for s in self.segments for w in s.words)

@@ -33,11 +33,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .settings import Settings, SettingsError
 from .text import UNSPACED, unspaced
+from .transcription import Word
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +231,54 @@ class Replacements:
             return text
         return self._pattern.sub(self._replace, text)
 
+    def apply_words(self, words: tuple[Word, ...]) -> tuple[Word, ...]:
+        """Timed ``words`` with the rules applied as :meth:`apply` applies them to their text. The words
+        a match touches are replaced by the words of the result: one for one, each keeping its times,
+        when their number is the same; else the result's words share the replaced words' time, in
+        proportion to their length ("open ai" → "OpenAI": one word from the first's start to the last's end)."""
+        if self._pattern is None or not words:
+            return words
+        joined, spans = "", []
+        for word in words:
+            if joined and word.word[:1].strip() and not (unspaced(word.word[0]) or unspaced(joined[-1])):
+                joined += " "  # words given without their leading space (SenseVoice, MLX)
+            spans.append((len(joined), len(joined) + len(word.word)))
+            joined += word.word
+        groups: list[list[int]] = []  # [first, last] word of each run that a match touches
+        for match in self._pattern.finditer(joined):
+            touched = [i for i, (a, b) in enumerate(spans) if a < match.end() and match.start() < b]
+            if groups and touched and touched[0] <= groups[-1][1]:
+                groups[-1][1] = max(groups[-1][1], touched[-1])
+            elif touched:
+                groups.append([touched[0], touched[-1]])
+        out: list[Word] = []
+        at = 0
+        for first, last in groups:
+            out.extend(words[at:first])
+            out.extend(_retimed(words[first:last + 1], self.apply(joined[spans[first][0]:spans[last][1]])))
+            at = last + 1
+        return (*out, *words[at:])
+
     def _replace(self, match: re.Match[str]) -> str:
         found = match.group(0)
         rule = self._exact.get(_key(found, False)) or self._any_case.get(_key(found, True))
         return rule.replacement(found) if rule else found  # no rule: a case-folding oddity ("İ")
+
+
+def _retimed(run: tuple[Word, ...], text: str) -> list[Word]:
+    """``text`` (what the rules made of ``run``'s words) as timed words (see Replacements.apply_words)."""
+    pieces = re.findall(r"\s*\S+", text) or [text]
+    if len(pieces) == len(run):
+        return [replace(w, word=piece) for w, piece in zip(run, pieces, strict=True)]
+    start, span = run[0].start, run[-1].end - run[0].start
+    probabilities = [w.probability for w in run]
+    probability = None if None in probabilities else min(p for p in probabilities if p is not None)
+    total, done, out = sum(len(p.strip()) for p in pieces) or 1, 0, []
+    for piece in pieces:
+        begin = start + span * done / total
+        done += len(piece.strip())
+        out.append(Word(piece, begin, start + span * done / total, probability))
+    return out
 
 
 @dataclass(frozen=True)

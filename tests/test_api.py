@@ -86,7 +86,10 @@ def test_models_lists_the_loaded_model_and_the_openai_names(fake_server: Server,
         body = http.get(path).json()
     assert body["object"] == "list"
     loaded = Path(fake_server.backend.model).name
-    assert [m["id"] for m in body["data"]] == [loaded, "whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]
+    assert [m["id"] for m in body["data"]] == [loaded, "whisper-1", "gpt-transcribe", "gpt-4o-transcribe",
+                                               "gpt-4o-mini-transcribe", "gpt-4o-mini-transcribe-2025-12-15",
+                                               "gpt-4o-transcribe-diarize", "gpt-live-transcribe",
+                                               "gpt-realtime-whisper"]
     assert "/" not in str(body) and body["data"][0]["object"] == "model"
     assert all(m["root"] == loaded for m in body["data"][1:])
 

@@ -87,7 +87,7 @@ def test_transcribe_writes_each_format_beside_the_input(fmt: str, ext: str, jfk:
         if fmt == "verbose_json":
             assert data["language"] == "english" and data["segments"] and 10 < data["duration"] < 12
         else:
-            assert set(data) == {"text", "usage"}
+            assert set(data) == {"text", "languages", "usage"} and data["languages"] == [{"code": "en"}]
 
 
 def test_transcribe_goes_on_after_a_bad_file_and_exits_1(clips: dict[str, Path], whisper_model: str,

@@ -415,3 +415,10 @@ def test_the_check_runs_on_a_real_server_before_the_model(fake_server: Server) -
     assert {r.json()["error"]["code"] for r in refused} == {"origin_not_allowed"}
     assert health.status_code == 403
     assert ok.status_code == 200 and len(fake_server.backend.calls) == 1
+
+
+@pytest.mark.parametrize("origin", ["tauri://localhost", "http://tauri.localhost", "https://tauri.localhost"])
+def test_tauri_webviews_are_local(origin: str) -> None:
+    policy = cors.Policy(Settings.load({}, environ={}).CORS_ORIGINS)
+    assert policy.allows(origin) and not policy.allows(origin.replace("localhost", "localhost.example.com"))
+    assert not policy.allows("tauri://evil.example")

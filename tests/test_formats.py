@@ -96,5 +96,27 @@ def test_text_without_segments_gets_one_spanning_segment() -> None:
 
 
 def test_json_and_text() -> None:
-    assert formats.render(RESULT, "json") == {"text": RESULT.text, "usage": {"type": "duration", "seconds": 3662}}
+    assert formats.render(RESULT, "json") == {"text": RESULT.text, "languages": [{"code": "en"}],
+                                              "usage": {"type": "duration", "seconds": 3662}}
     assert formats.render(RESULT, "text") == RESULT.text
+
+
+def test_usage_by_the_name_the_request_sent() -> None:
+    for model in ("gpt-4o-transcribe", "gpt-transcribe", "gpt-4o-mini-transcribe-2025-12-15", "gpt-live-transcribe"):
+        assert formats.render(RESULT, "json", model=model)["usage"]["type"] == "tokens", model
+        assert formats.render(RESULT, "diarized_json", model=model)["usage"]["type"] == "tokens", model
+        assert formats.render(RESULT, "verbose_json", model=model)["usage"]["type"] == "duration", model
+    for model in ("whisper-1", "gpt-realtime-whisper", "", "anything"):
+        assert formats.render(RESULT, "json", model=model)["usage"] == {"type": "duration", "seconds": 3662}
+
+
+def test_languages_in_order_of_appearance_and_a_translation_in_english() -> None:
+    mixed = Transcription.of([Segment(0, 1, "Hello.", language="en"), Segment(1, 2, "你好。", language="zh"),
+                              Segment(2, 3, "Again.", language="en")], 3.0)
+    assert formats.to_json(mixed)["languages"] == [{"code": "en"}, {"code": "zh"}]
+    assert formats.to_verbose_json(mixed)["languages"] == [{"code": "en"}, {"code": "zh"}]
+    assert formats.to_verbose_json(mixed)["language"] == "english"  # the first language heard
+    translated = Transcription.of([Segment(0, 1, "Hello.", language="zh")], 1.0, task="translate")
+    body = formats.to_verbose_json(translated)
+    assert body["language"] == "english" and body["languages"] == [{"code": "zh"}]
+    assert formats.to_json(Transcription(text="", language=None, duration=1.0))["languages"] == []

@@ -8,6 +8,7 @@ import pytest
 
 from rapl.settings import Settings, SettingsError
 from rapl.text import join_text
+from rapl.transcription import Word
 from rapl.vocabulary import MAX_TERMS, Replacements, Vocabulary, VocabularyError, merge, read_terms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,3 +213,27 @@ def test_other_models_get_keywords_first_and_within_their_limits() -> None:
     assert hotwords[0] == "RAPL" and len(hotwords) == MAX_HOTWORDS and "Grafana" not in hotwords
     assert not any(w.startswith("http") or "/" in w or w.endswith(".txt") for w in hotwords)
     assert choose_hotwords((), "Grafana, RAPL") == ["Grafana", "RAPL"]
+
+
+def test_replacement_rules_apply_to_timed_words() -> None:
+    rules = Replacements.parse("rapple → RAPL\nopen ai → OpenAI\nfellow americans → fellow citizens\n"
+                               "cu → see you later\n")
+    words = (Word(" I", 0.0, 0.2, 0.9), Word(" love", 0.2, 0.5, 0.8), Word(" Rapple,", 0.5, 0.9, 0.7),
+             Word(" open", 1.0, 1.2, 0.9), Word(" AI.", 1.2, 1.5, 0.6), Word(" Fellow", 2.0, 2.5, 0.5),
+             Word(" Americans", 2.5, 3.0, 0.4), Word(" cu", 3.0, 3.6, 0.3))
+    fixed = rules.apply_words(words)
+    assert "".join(w.word for w in fixed) == rules.apply("".join(w.word for w in words))
+    assert fixed[2] == Word(" RAPL,", 0.5, 0.9, 0.7)  # one for one: its times and punctuation kept
+    assert fixed[3] == Word(" OpenAI.", 1.0, 1.5, 0.6)  # two words become one, from start to end
+    assert fixed[4:6] == (Word(" Fellow", 2.0, 2.5, 0.5), Word(" citizens", 2.5, 3.0, 0.4))
+    later = fixed[6:]  # one word becomes three, sharing its time by length
+    assert [w.word for w in later] == [" see", " you", " later"]
+    assert later[0].start == 3.0 and later[-1].end == 3.6
+    assert all(a.end == b.start for a, b in zip(later, later[1:], strict=False))
+    assert rules.apply_words(words[:2]) == words[:2] and Replacements().apply_words(words) == words
+
+
+def test_replacement_rules_on_words_without_spaces() -> None:
+    rules = Replacements.parse("open ai → OpenAI\n北京大学 → 北大\n")
+    words = (Word("open", 0.0, 0.3), Word("ai", 0.3, 0.6), Word("北京", 1.0, 1.4), Word("大学", 1.4, 2.0))
+    assert rules.apply_words(words) == (Word("OpenAI", 0.0, 0.6), Word("北大", 1.0, 2.0))
