@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -18,6 +19,7 @@ from .vad import RATE, Chunk
 
 log = logging.getLogger(__name__)
 
+LANGUAGE_SURE = 0.5  # a stretch's language counts from this probability (Whisper's language token) up
 _BAR = "{desc}: {percentage:3.0f}%|{bar:20}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}{postfix}]"
 
 
@@ -64,6 +66,40 @@ def _placed(segment: Segment, chunk: Chunk) -> Segment:
     return replace(segment, start=start, end=max(start, end), words=words).shifted(chunk.offset)
 
 
+def by_language(backend: Backend, audio: np.ndarray, chunk: Chunk, options: Options) -> list[tuple[Chunk, str | None]]:
+    """``chunk`` as parts of one language each, and the language to decode each in (None: the model's
+    own detection). Without a ``language`` from the request, a multilingual model that can tell the
+    language of a stretch of speech (Whisper's ``language_of``) is asked for each stretch the VAD found
+    in the chunk; a stretch it is unsure of (below LANGUAGE_SURE) goes with the one before it (or after);
+    neighbours of one language stay together. A meeting that switches between English and Mandarin keeps
+    each part in its own language and script."""
+    language_of = getattr(backend, "language_of", None)
+    stretches = chunk.stretches()
+    if options.language or language_of is None or len(stretches) < 2:
+        return [(chunk, None)]
+    heard: list[str | None] = []
+    for start, end in stretches:
+        found = language_of(audio[start:end], options.candidates)
+        if found is None:  # an English-only model: nothing to tell apart
+            return [(chunk, None)]
+        heard.append(found[0] if found[1] >= LANGUAGE_SURE else None)
+    sure = [code for code in heard if code is not None]
+    if not sure:
+        return [(chunk, None)]
+    parts: list[list[Any]] = []  # [start, end, language]
+    current = sure[0]
+    for (start, end), code in zip(stretches, heard, strict=True):
+        current = code or current
+        if parts and parts[-1][2] == current:
+            parts[-1][1] = end
+        else:
+            parts.append([start, end, current])
+    if len(parts) == 1:
+        return [(chunk, parts[0][2])]
+    log.debug("chunk at %.1f s holds %s", chunk.offset, ", ".join(f"{p[2]} from {p[0] / RATE:.1f} s" for p in parts))
+    return [(chunk.part(start, end), language) for start, end, language in parts]
+
+
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
@@ -84,15 +120,17 @@ def run(backend: Backend, audio: np.ndarray, options: Options, chunks: list[Chun
             bar.update(max(0.0, min(to, total) - bar.n))
             bar.set_postfix_str(f"RTF {(time.perf_counter() - started) / max(bar.n, 1e-6):.3f}", refresh=False)
 
-        for chunk in chunks:
-            for segment in backend.transcribe(chunk.samples(audio), options):
-                after = segments[-1].end if segments else 0.0
-                placed = clamp([_placed(segment, chunk)], chunk.offset, chunk.end / RATE, after)[0]
-                segments.append(placed)
-                advance(placed.end)
-                if on_segment is not None:
-                    on_segment(placed)
-            advance(chunk.end / RATE)
+        for planned in chunks:
+            for chunk, language in by_language(backend, audio, planned, options):
+                told = options if language is None else replace(options, language=language)
+                for segment in backend.transcribe(chunk.samples(audio), told):
+                    after = segments[-1].end if segments else 0.0
+                    placed = clamp([_placed(segment, chunk)], chunk.offset, chunk.end / RATE, after)[0]
+                    segments.append(placed)
+                    advance(placed.end)
+                    if on_segment is not None:
+                        on_segment(placed)
+            advance(planned.end / RATE)
         advance(total)
     elapsed = time.perf_counter() - started
     log.info("%s: %.1f s of audio (%d chunks) in %.2f s (RTF %.3f)", label, total, len(chunks), elapsed,

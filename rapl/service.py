@@ -76,11 +76,16 @@ class Transcriber:
         streamed, the model starts on it while the VAD looks for speech in this thread, so the VAD
         adds no latency; no speech: the job is withdrawn if it has not started, and the answer is
         empty text either way. Digital silence never reaches the model. Longer audio is cut at
-        pauses (rapl.vad: for Whisper, pauses over 2 s are shortened inside a chunk).
+        pauses (rapl.vad: for Whisper, pauses over 2 s are shortened inside a chunk). For Whisper
+        every format gives a clip of one chunk to the model whole, so they all give the same words;
+        a multilingual model asked for no language waits for the VAD in every format, since its
+        stretches of speech may be in different languages (rapl.pipeline.by_language).
         """
         pcm, request = job.audio, job.request
         segmenter = self.worker.segmenter.tuned(request.options.vad)
-        if request.response_format in ("json", "text") and segmenter.enabled and len(pcm) <= segmenter.max_chunk:
+        merge = self.worker.capabilities.segments_audio
+        short = segmenter.enabled and len(pcm) <= segmenter.max_chunk
+        if request.response_format in ("json", "text") and short and not self._tells_languages(request):
             if pcm.peak < SILENT_PEAK:
                 return _finished(self._run(job, []))
             if on_segment is not None and not segmenter.heard(pcm):  # a stream must not see a withdrawn job
@@ -91,11 +96,20 @@ class Transcriber:
             self.worker.withdraw(future)
             return _finished(self._run(job, []))
         planned = time.perf_counter()
-        chunks = segmenter.plan(pcm, merge=self.worker.capabilities.segments_audio)
+        chunks = segmenter.plan(pcm, merge=merge)
         job.stats["vad"] = time.perf_counter() - planned
         if not chunks:
             return _finished(self._run(job, []))
+        if short and merge:  # one chunk: the whole clip, as the dictation path gives it
+            chunks = [Chunk(0, len(pcm), (), tuple(span for c in chunks for span in c.speech))]
         return self._submit(job, chunks, on_segment)
+
+    def _tells_languages(self, request: AudioRequest) -> bool:
+        """Whether the model will be asked the language of each stretch of speech (no language given,
+        a multilingual model whose backend can tell it: rapl.pipeline.by_language)."""
+        languages = self.worker.capabilities.languages
+        return (request.options.language is None and hasattr(self.worker.backend, "language_of")
+                and (languages is None or len(languages) > 1))
 
     def partial(self, key: Any, pieces: list[np.ndarray], request: AudioRequest) -> Future[list[str]]:
         """A live turn's audio so far (one or more pieces), decoded whole in the model thread's
@@ -145,7 +159,7 @@ class Transcriber:
     def _label(self, job: Job, segments: list[Segment], chunks: list[Chunk]) -> list[Segment]:
         started = time.perf_counter()
         audio = job.audio[0:len(job.audio)]
-        spans = [(start / RATE, end / RATE) for c in chunks for start, end in c.spans]
+        spans = [(start / RATE, end / RATE) for c in chunks for start, end in (c.speech or c.spans)]
         try:
             labels = self.diarizer.assign(audio, segments, speech_spans=spans, known=job.known,
                                           num_speakers=job.request.num_speakers)

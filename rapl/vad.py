@@ -47,6 +47,7 @@ class Chunk:
     start: int
     end: int
     pieces: tuple[tuple[int, int], ...] = ()
+    speech: tuple[tuple[int, int], ...] = ()  # the VAD's spans of speech inside it, when it was planned
 
     @property
     def offset(self) -> float:
@@ -68,6 +69,21 @@ class Chunk:
         if not self.pieces:
             return audio[self.start:self.end]
         return np.concatenate([audio[start:end] for start, end in self.pieces])
+
+    def stretches(self) -> list[tuple[int, int]]:
+        """Its stretches of speech (the VAD's spans, recording samples); the whole chunk when it was not
+        planned from them."""
+        return list(self.speech) or [(self.start, self.end)]
+
+    def part(self, start: int, end: int) -> Chunk:
+        """The chunk's audio between ``start`` and ``end`` (recording samples) as a chunk of its own."""
+        def clip(spans: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+            return tuple((max(a, start), min(b, end)) for a, b in spans if a < end and start < b)
+
+        pieces, speech = clip(self.pieces), clip(self.speech)
+        if pieces:
+            return Chunk(pieces[0][0], pieces[-1][1], pieces if len(pieces) > 1 else (), speech)
+        return Chunk(max(self.start, start), min(self.end, end), (), speech)
 
     def to_recording(self, seconds: float, ending: bool = False) -> float:
         """A time in the chunk's audio (seconds) as a time in the recording, relative to its start.
@@ -173,12 +189,13 @@ class Segmenter:
             if last is not None and pack:
                 pieces = _joined(last.spans, (start, end), kept, len(audio))
                 if sum(b - a for a, b in pieces) <= self.max_chunk:
-                    chunks[-1] = Chunk(pieces[0][0], pieces[-1][1], pieces if len(pieces) > 1 else ())
+                    chunks[-1] = Chunk(pieces[0][0], pieces[-1][1], pieces if len(pieces) > 1 else (),
+                                       (*last.speech, (start, end)))
                     continue
             elif last is not None and merge and end - last.start <= self.max_chunk:
-                chunks[-1] = Chunk(last.start, end)
+                chunks[-1] = Chunk(last.start, end, (), (*last.speech, (start, end)))
                 continue
-            chunks.append(Chunk(start, end))
+            chunks.append(Chunk(start, end, (), ((start, end),)))
         return chunks
 
 

@@ -311,3 +311,73 @@ def test_withdrawn_job_never_runs(fake_serve) -> None:  # noqa: ANN001
     busy.join(timeout=30)
     assert not busy.is_alive()
     assert ran == [] and future.cancelled()
+
+
+class _Bilingual(FakeBackend):
+    """A multilingual fake: ``language_of`` says "zh" for stretches as long as ``zh_seconds`` (±0.5 s)."""
+
+    def __init__(self, zh_seconds: float) -> None:
+        super().__init__(segments_audio=True)
+        self.zh_seconds = zh_seconds
+        self.asked: list[float] = []
+
+    def language_of(self, audio: np.ndarray, candidates: tuple[str, ...] = ()) -> tuple[str, float]:
+        self.asked.append(len(audio) / 16000)
+        seconds = len(audio) / 16000
+        if seconds < 0.6:
+            return "de", 0.3  # unsure: goes with its neighbour
+        return ("zh", 0.9) if abs(seconds - self.zh_seconds) < 0.5 else ("en", 0.8)
+
+
+def test_a_chunk_is_decoded_a_language_at_a_time(spoken_sentences) -> None:  # noqa: ANN001
+    """Three sentences 1 s apart fit one chunk; the middle one is another language: the chunk is decoded in
+    three parts, each in its language, timed where its speech is, and ``languages`` lists both in order."""
+    from rapl.pipeline import run
+    from rapl.transcription import Options
+
+    parts = [spoken_sentences[0], spoken_sentences[2][:int(1.6 * 16000)], spoken_sentences[1]]
+    recording, starts = build_recording(parts, [0.5, 1.0, 1.0])
+    segmenter = _segmenter()
+    (chunk,) = segmenter.plan(recording)
+    assert len(chunk.stretches()) == 3
+    backend = _Bilingual(zh_seconds=(chunk.stretches()[1][1] - chunk.stretches()[1][0]) / 16000)
+    backend.load()
+    result = run(backend, recording, Options(), [chunk], progress=False)
+    assert [call.options.language for call in backend.calls] == ["en", "zh", "en"]
+    assert len(backend.asked) == 3 and result.languages == ("en", "zh")
+    for segment, start, part in zip(result.segments, starts, parts, strict=True):
+        assert start - 0.5 <= segment.start and segment.end <= start + len(part) / 16000 + 0.5, (segment, start)
+    backend.calls.clear()
+    run(backend, recording, Options(language="en"), [chunk], progress=False)  # a language given: one part
+    assert [call.options.language for call in backend.calls] == ["en"] and len(backend.asked) == 3
+    (single,) = segmenter.plan(build_recording(parts[:1], [0.5])[0])
+    backend.calls.clear()
+    run(backend, build_recording(parts[:1], [0.5])[0], Options(), [single], progress=False)
+    assert len(backend.asked) == 3 and [call.options.language for call in backend.calls] == [None]
+
+
+def test_a_part_of_a_packed_chunk_keeps_its_pieces() -> None:
+    from rapl.vad import Chunk
+
+    chunk = Chunk(0, 160000, ((0, 32000), (48000, 80000), (120000, 160000)),
+                  ((0, 30000), (50000, 80000), (120000, 160000)))
+    assert chunk.stretches() == [(0, 30000), (50000, 80000), (120000, 160000)]  # the VAD's spans
+    later = chunk.part(50000, 160000)
+    assert later == Chunk(50000, 160000, ((50000, 80000), (120000, 160000)), ((50000, 80000), (120000, 160000)))
+    assert later.to_recording(1.875) == 120000 / 16000 - 50000 / 16000  # the seam: where the last piece starts
+    assert chunk.part(0, 30000) == Chunk(0, 30000, (), ((0, 30000),))
+    assert Chunk(0, 16000).stretches() == [(0, 16000)]
+
+
+def test_a_stretch_of_an_unsure_language_goes_with_its_neighbours(spoken_sentences) -> None:  # noqa: ANN001
+    from rapl.pipeline import by_language
+    from rapl.transcription import Options
+
+    recording, _ = build_recording([spoken_sentences[0], spoken_sentences[1], spoken_sentences[2]], [0.5, 1.0, 1.0])
+    (chunk,) = _segmenter().plan(recording)
+    backend = _Bilingual(zh_seconds=-10)
+    answers = iter([("de", 0.3), ("en", 0.9), ("zh", 0.45)])  # unsure, sure, unsure
+    backend.language_of = lambda audio, candidates=(): next(answers)  # type: ignore[method-assign]
+    assert by_language(backend, recording, chunk, Options()) == [(chunk, "en")]  # one part, in English
+    backend.language_of = lambda audio, candidates=(): ("fr", 0.2)  # type: ignore[method-assign]
+    assert by_language(backend, recording, chunk, Options()) == [(chunk, None)]  # none sure: the model decides

@@ -92,6 +92,24 @@ class WhisperBackend:
                 segment = self._with_logprobs(audio, segment, language, options.task)
             yield segment
 
+    def language_of(self, audio: np.ndarray, candidates: tuple[str, ...] = ()) -> tuple[str, float] | None:
+        """The language of one stretch of speech (among ``candidates`` if given) and its probability, from
+        an encoder pass over it alone, as a draft's (a few seconds of speech cost a fraction of a 30 s
+        window); None for an English-only model (rapl.pipeline.by_language)."""
+        if not self._model.model.is_multilingual:
+            return None
+        probability = self._language_scores(self._encode_short(audio))
+        code = max(candidates or tuple(probability), key=lambda c: probability.get(c, 0.0))
+        return code, probability.get(code, 0.0)
+
+    def _encode_short(self, audio: np.ndarray) -> Any:
+        """The encoder's output for ``audio`` and at least a second of silence (8 s at least, 30 s at most)."""
+        model = self._model
+        frames = min(_WINDOW_FRAMES, max(_DRAFT_MIN_FRAMES, len(audio) // _HOP + _DRAFT_PAD_FRAMES))
+        frames += frames % 2  # the encoder's convolution halves the frames
+        features = model.feature_extractor(audio[:frames * _HOP], padding=max(0, frames * _HOP - len(audio)))
+        return model.encode(features[:, :frames])
+
     def _draft(self, audio: np.ndarray, options: Options) -> Segment:
         """A live partial decode in one greedy pass, its encoder fed the audio and a second of silence
         rather than Whisper's whole 30 s window (as whisper.cpp's ``audio_ctx`` does): 3 s of speech
@@ -100,10 +118,7 @@ class WhisperBackend:
         from faster_whisper.tokenizer import Tokenizer
 
         model = self._model
-        frames = min(_WINDOW_FRAMES, max(_DRAFT_MIN_FRAMES, len(audio) // _HOP + _DRAFT_PAD_FRAMES))
-        frames += frames % 2  # the encoder's convolution halves the frames
-        features = model.feature_extractor(audio, padding=frames * _HOP - len(audio))[:, :frames]
-        encoded = model.encode(features)
+        encoded = self._encode_short(audio)
         language = options.language or self._draft_language(encoded, options.candidates)
         tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task=options.task, language=language)
         prompt, hotwords = self.fit_prompt(options.prompt, options.keywords)
@@ -120,10 +135,13 @@ class WhisperBackend:
         """The language of a draft's audio, from its own encoder output (among ``candidates`` if given)."""
         if not self._model.model.is_multilingual:
             return "en"
+        probability = self._language_scores(encoded)
+        return max(candidates or tuple(probability), key=lambda code: probability.get(code, 0.0))
+
+    def _language_scores(self, encoded: Any) -> dict[str, float]:
+        """Each language's probability for encoded audio (Whisper's language tokens, ``<|en|>`` → ``en``)."""
         (scores,) = self._model.model.detect_language(encoded)
-        probability = {token[2:-2]: p for token, p in scores}
-        pool = candidates or tuple(probability)
-        return max(pool, key=lambda code: probability.get(code, 0.0))
+        return {token[2:-2]: p for token, p in scores}
 
     def fit_prompt(self, prompt: str | None, keywords: tuple[str, ...]) -> tuple[str | None, str | None]:
         """The initial prompt and hotwords that fit the decoder's prompt budget together (see :func:`fit_prompt`)."""

@@ -1,0 +1,104 @@
+"""Long recordings that switch language, on the real multilingual Whisper base model behind a real server:
+nothing lost, each part in its own language and script, timed where its speech is, and the same words
+whatever the response format (issue: transcripts as good as the model allows)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile
+import soxr
+
+from support.server import Server
+from support.speech import JFK_TEXT, wav_bytes, wer
+
+pytestmark = pytest.mark.slow  # the real Whisper base model
+
+RATE = 16000
+
+
+def _clip(path: Path) -> np.ndarray:
+    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    return soxr.resample(data.mean(axis=1), rate, RATE).astype(np.float32)
+
+
+def _loud(audio: np.ndarray) -> tuple[float, float]:
+    """Where ``audio``'s speech starts and ends (first and last sample above -34 dBFS), in seconds."""
+    loud = np.flatnonzero(np.abs(audio) > 0.02)
+    return loud[0] / RATE, loud[-1] / RATE
+
+
+@pytest.fixture(scope="module")
+def mixed(shared_audio: Path) -> tuple[bytes, tuple[float, float]]:
+    """JFK's 11 s, 1.5 s of silence, 6 s of Mandarin, 1.5 s of silence, JFK again (31 s), as a WAV,
+    and where the Mandarin speech is."""
+    jfk, zh = _clip(shared_audio / "en_jfk.flac"), _clip(shared_audio / "zh_sample.wav")[:6 * RATE]
+    pause = np.zeros(int(1.5 * RATE), np.float32)
+    audio = np.concatenate([jfk, pause, zh, pause, jfk])
+    offset = (len(jfk) + len(pause)) / RATE
+    start, end = _loud(zh)
+    return wav_bytes(audio), (offset + start, offset + end)
+
+
+@pytest.fixture(scope="module")
+def short_mixed(shared_audio: Path) -> tuple[bytes, tuple[float, float]]:
+    """JFK's 11 s, 1.5 s of silence, 5 s of Mandarin (18 s: one chunk, the dictation path's size)."""
+    jfk, zh = _clip(shared_audio / "en_jfk.flac"), _clip(shared_audio / "zh_sample.wav")[:5 * RATE]
+    pause = np.zeros(int(1.5 * RATE), np.float32)
+    start, end = _loud(zh)
+    offset = (len(jfk) + len(pause)) / RATE
+    return wav_bytes(np.concatenate([jfk, pause, zh])), (offset + start, offset + end)
+
+
+@pytest.fixture(scope="module")
+def base(serve: Callable[..., Server], whisper_base_model: str) -> Server:
+    return serve({"BACKEND": "whisper", "LOCAL_MODEL": whisper_base_model})
+
+
+def _post(server: Server, body: bytes, **fields: Any) -> Any:
+    with server.http() as http:
+        response = http.post("/v1/audio/transcriptions", files={"file": ("mixed.wav", body, "audio/wav")},
+                             data={"model": "whisper-1", **fields})
+    assert response.status_code == 200, response.text
+    return response
+
+
+def _han(text: str) -> str:
+    return "".join(c for c in text if "\u4e00" <= c <= "\u9fff")
+
+
+def test_a_recording_that_switches_language_keeps_both(base: Server, mixed: tuple[bytes, tuple[float, float]]) -> None:
+    body, (zh_start, zh_end) = mixed
+    verbose = _post(base, body, response_format="verbose_json").json()
+    segments = verbose["segments"]
+    mandarin = [s for s in segments if _han(s["text"])]
+    english = " ".join(s["text"] for s in segments if not _han(s["text"]))
+    assert mandarin and len(_han(" ".join(s["text"] for s in mandarin))) >= 8, segments  # in Han script
+    assert all(zh_start - 0.5 <= s["start"] and s["end"] <= zh_end + 0.5 for s in mandarin), (segments, zh_start)
+    assert wer(f"{JFK_TEXT} {JFK_TEXT}", english) <= 0.15, english  # both of JFK's speeches, every sentence
+    assert english.lower().count("ask what you can do for your country") == 2, english
+    assert verbose["languages"] == [{"code": "en"}, {"code": "zh"}]
+    starts = [s["start"] for s in segments]
+    assert starts == sorted(starts) and segments[-1]["end"] <= verbose["duration"]
+
+
+@pytest.mark.parametrize("recording", ["mixed", "short_mixed"])
+def test_every_format_gives_the_same_words(base: Server, recording: str, request: pytest.FixtureRequest) -> None:
+    body, _ = request.getfixturevalue(recording)
+    plain = _post(base, body, response_format="json").json()
+    text = _post(base, body, response_format="text").text
+    verbose = _post(base, body, response_format="verbose_json").json()
+    srt = _post(base, body, response_format="srt").text
+    stream = _post(base, body, response_format="json", model="gpt-4o-transcribe", stream="true").text
+    done = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: ")][-1]
+    assert done["type"] == "transcript.text.done"
+    cues = [block.split("\n", 2)[2] for block in srt.strip().split("\n\n")]
+    words = plain["text"].split()
+    assert text.split() == words and verbose["text"].split() == words and done["text"].split() == words
+    assert " ".join(cues).split() == words
+    assert plain["languages"] == verbose["languages"] == done["languages"] == [{"code": "en"}, {"code": "zh"}]
