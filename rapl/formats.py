@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from .languages import name_of
-from .text import WORDS, bare_word, unspaced
+from .text import WORDS, bare_word, join_text, unspaced
 from .transcription import Segment, TokenLogprob, Transcription
 
 AUDIO_TOKENS_PER_SECOND = 10
@@ -157,16 +157,35 @@ def to_vtt(result: Transcription) -> str:
 
 
 def to_diarized_json(result: Transcription, model: str = "", prompt: str | None = None) -> dict[str, Any]:
-    """``response_format=diarized_json``: segments labelled by speaker (``extra["speaker"]``)."""
-    return {"task": "transcribe", "duration": ms(result.duration), "text": result.text,
-            "segments": [diarized_segment(i, s) for i, s in enumerate(timed_segments(result))],
+    """``response_format=diarized_json``: segments labelled by speaker (``extra["speaker"]``); ``text`` reads
+    as OpenAI's documented example does, one line per turn with its speaker (``A: ...\nB: ...``)."""
+    segments = timed_segments(result)
+    return {"task": "transcribe", "duration": ms(result.duration), "text": speaker_lines(segments),
+            "segments": [diarized_segment(i, s) for i, s in enumerate(segments)],
             "usage": usage_for(result, model, prompt)}
 
 
+def speaker_lines(segments: tuple[Segment, ...]) -> str:
+    """The segments' text, a line per turn (neighbouring segments of one speaker): ``A: text``."""
+    turns: list[tuple[str, list[str]]] = []
+    for seg in segments:
+        speaker = _speaker(seg)
+        if turns and turns[-1][0] == speaker:
+            turns[-1][1].append(seg.text)
+        else:
+            turns.append((speaker, [seg.text]))
+    return "\n".join(f"{speaker}: {join_text(texts)}" for speaker, texts in turns if join_text(texts))
+
+
+def _speaker(seg: Segment) -> str:
+    return str(seg.extra.get("speaker", "A"))
+
+
 def diarized_segment(index: int, seg: Segment) -> dict[str, Any]:
-    """One ``transcript.text.segment`` (the diarized_json segment and the streamed event alike)."""
+    """One ``transcript.text.segment`` (the diarized_json segment and the streamed event alike); its text
+    has no leading space (OpenAI's diarized segments have none)."""
     return {"type": "transcript.text.segment", "id": segment_id(index), "start": ms(seg.start), "end": ms(seg.end),
-            "text": _spaced(seg.text), "speaker": str(seg.extra.get("speaker", "A"))}
+            "text": seg.text.strip(), "speaker": _speaker(seg)}
 
 
 def segment_id(index: int) -> str:

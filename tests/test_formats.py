@@ -120,3 +120,13 @@ def test_languages_in_order_of_appearance_and_a_translation_in_english() -> None
     body = formats.to_verbose_json(translated)
     assert body["language"] == "english" and body["languages"] == [{"code": "zh"}]
     assert formats.to_json(Transcription(text="", language=None, duration=1.0))["languages"] == []
+
+
+def test_diarized_text_is_a_line_per_turn_and_segments_have_no_leading_space() -> None:
+    said = [("A", "Hello there."), ("A", "How are you?"), ("B", "你好。"), ("A", "Fine.")]
+    result = Transcription.of([Segment(i, i + 1, text, extra={"speaker": who}) for i, (who, text) in enumerate(said)],
+                              4.0)
+    body = formats.to_diarized_json(result)
+    assert body["text"] == "A: Hello there. How are you?\nB: 你好。\nA: Fine."
+    assert [s["text"] for s in body["segments"]] == [text for _, text in said]
+    assert [s["speaker"] for s in body["segments"]] == ["A", "A", "B", "A"]
