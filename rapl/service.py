@@ -67,6 +67,8 @@ class Transcriber:
             raise Unsupported("Speaker labels (diarized_json) are not installed on this server: pip install "
                               "webrtcvad-wheels librosa && pip install --no-deps resemblyzer (see README).",
                               param="response_format", code="unsupported_value")
+        if request.diarized and self.worker.capabilities.can_time_words:  # segments are cut between words at turns
+            options = replace(options, word_timestamps=True)
         return replace(request, options=options)
 
     def start(self, job: Job, on_segment: OnSegment | None = None) -> Future[Transcription]:
@@ -161,8 +163,8 @@ class Transcriber:
         audio = job.audio[0:len(job.audio)]
         spans = [(start / RATE, end / RATE) for c in chunks for start, end in (c.speech or c.spans)]
         try:
-            labels = self.diarizer.assign(audio, segments, speech_spans=spans, known=job.known,
-                                          num_speakers=job.request.num_speakers)
+            segments, labels = self.diarizer.split(audio, segments, speech_spans=spans, known=job.known,
+                                                   num_speakers=job.request.num_speakers)
         except SpeakerError as exc:  # a reference clip without a voice, say
             raise Invalid(f"{exc}.", param="known_speaker_references", code="invalid_value") from None
         job.stats["speakers"] = time.perf_counter() - started

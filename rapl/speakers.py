@@ -17,8 +17,16 @@ pointing the same way. A :class:`Diarizer` owns one encoder and labels a transcr
    threshold) carry that name; the others get letters ``A``, ``B``, ... in order of first
    appearance.
 
-Out of scope: a change of speaker *inside* one segment (the segment gets the voice that
-dominates it; backends that split at pauses make this rare), and overlapping speech.
+A change of speaker inside one segment (SenseVoice and most MLX models give one segment per
+stretch of speech, and turns after a short pause share a stretch) is found from the audio,
+not from the model's segments (:meth:`Diarizer.split`, what diarized_json uses): windows of
+1.6 s every :data:`TURN_HOP` s of the speech are embedded and clustered into voices; each
+moment goes to the voice its windows score highest, runs under :data:`MIN_TURN` are
+smoothed away, and a segment that spans a turn is cut there (between words where the
+backend timed them, else where the time falls in its text); the pieces are then labelled as
+above. Measured with ``python -m bench.meetings`` (README, "Speaker labels").
+
+Out of scope: overlapping speech.
 
 The thresholds, and the 2 s floor for clustering, were measured on real voices: see rapl.encoders.
 """
@@ -28,13 +36,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from .encoders import SpeakerEncoder, create_encoder, unit_vector
+from .encoders import WINDOW, SpeakerEncoder, create_encoder, unit_vector, windows
 from .recording import SAMPLE_RATE
 from .settings import Settings
-from .transcription import Segment
+from .transcription import Segment, Word
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,12 @@ MIN_EMBED_SECONDS = 2.0  # less speech than this: the segment joins the closest 
 MAX_KNOWN = 4  # known speakers per request
 MIN_REFERENCE_SECONDS = 2.0  # a known speaker's reference clip
 MAX_REFERENCE_SECONDS = 10.0
+TURN_HOP = 0.25  # seconds between the window embeddings that find turns inside segments
+FRAME = 0.05  # seconds: the resolution of who-speaks-when
+MIN_TURN = 1.0  # seconds: a shorter run of one voice inside a stretch of speech is not a turn of its own
+MAX_WINDOWS = 1500  # windows clustered at most (evenly spread over the speech): bounds time and memory
+SNAP = 0.4  # seconds: how far a turn may move to the quietest moment near it
+MIN_SPAN = 0.5  # seconds: a stretch of speech shorter than this gets no say of its own in the turns
 
 
 class SpeakerError(ValueError):
@@ -80,10 +95,82 @@ class Diarizer:
         """Load the encoder now, e.g. at start-up in the background (else the first :meth:`assign` does)."""
         self.encoder.load()
 
+    def split(self, audio: np.ndarray, segments: Sequence[Segment],
+              speech_spans: Sequence[tuple[float, float]] | None = None,
+              known: Mapping[str, np.ndarray] | None = None,
+              num_speakers: int | None = None) -> tuple[list[Segment], list[str]]:
+        """The segments cut where the speaker changes inside one, and one label per resulting segment.
+
+        Who speaks when comes from the audio, not from the model's segments (:meth:`turns`); a
+        segment that spans a turn is cut there (:func:`at_turns`: between words where the
+        backend timed them), and the pieces, each now one voice, are labelled as
+        :meth:`assign` does. Arguments as :meth:`assign`.
+        """
+        references = self._check(known or {}, num_speakers)
+        if not segments:
+            return [], []
+        started = time.perf_counter()
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        spans = sorted(speech_spans) if speech_spans is not None else None
+        timeline = self.turns(audio, spans or [(s.start, s.end) for s in segments], num_speakers)
+        pieces = [piece for segment in segments for piece in at_turns(segment, timeline)]
+        labels = self._assign(audio, pieces, spans, references, num_speakers)
+        log.info("speaker turns: %d segments became %d in %.2f s", len(segments), len(pieces),
+                 time.perf_counter() - started)
+        return pieces, labels
+
+    def turns(self, audio: np.ndarray, spans: Sequence[tuple[float, float]],
+              num_speakers: int | None = None) -> list[tuple[float, float, int]]:
+        """Who speaks when: (start, end, voice) runs over the speech ``spans`` (seconds); [] for one voice.
+
+        Windows of :data:`rapl.encoders.WINDOW` s every :data:`TURN_HOP` s of each span are
+        embedded and clustered as segments are (:meth:`_cluster`; at most :data:`MAX_WINDOWS`
+        of them, evenly spread); a voice heard for less than :data:`MIN_TURN` s of windows is
+        noise and dropped. Each :data:`FRAME` of a span then goes to the voice its covering
+        windows score highest on average, and runs shorter than :data:`MIN_TURN` join the
+        neighbour that fits them better. Spans shorter than :data:`MIN_SPAN` are left out.
+        """
+        total = len(audio) / SAMPLE_RATE
+        found = []
+        for start, end in spans:
+            start, end = max(start, 0.0), min(end, total)
+            if end - start >= MIN_SPAN:
+                starts, vectors = windows(self.encoder, audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)],
+                                          TURN_HOP)
+                found.append((start, end, starts, vectors))
+        if not found:
+            return []
+        every = np.concatenate([v for *_, v in found])
+        every = every[np.linalg.norm(every, axis=1) > 0.5]
+        stride = max(1, int(np.ceil(len(every) / MAX_WINDOWS)))
+        chosen = every[::stride]
+        if len(chosen) < 2:
+            return []
+        groups = self._cluster(chosen, num_speakers)
+        heard = np.bincount(groups) * TURN_HOP * stride
+        centroids = np.stack([unit_vector(chosen[groups == g].mean(axis=0))
+                              for g in range(len(heard)) if heard[g] >= MIN_TURN] or [np.zeros(chosen.shape[1])])
+        if len(centroids) < 2:
+            return []
+        timeline: list[tuple[float, float, int]] = []
+        for start, end, starts, vectors in found:
+            frames = max(int(round((end - start) / FRAME)), 1)
+            votes, counts = np.zeros((frames, len(centroids))), np.zeros(frames)
+            for at, score in zip(starts, vectors @ centroids.T, strict=True):
+                a, b = int(at / FRAME), min(int(np.ceil((at + WINDOW) / FRAME)), frames)
+                votes[a:b] += score
+                counts[a:b] += 1
+            votes[counts > 0] /= counts[counts > 0, None]
+            runs = _smoothed(_runs(votes.argmax(axis=1)), votes, int(round(MIN_TURN / FRAME)))
+            piece = audio[int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)]
+            for a, b, voice in _at_quiet(runs, piece):
+                timeline.append((start + a * FRAME, min(start + b * FRAME, end), voice))
+        return timeline
+
     def assign(self, audio: np.ndarray, segments: Sequence[Segment],
                speech_spans: Sequence[tuple[float, float]] | None = None,
                known: Mapping[str, np.ndarray] | None = None, num_speakers: int | None = None) -> list[str]:
-        """One speaker label per segment, in the segments' order.
+        """One speaker label per segment, in the segments' order (a segment is taken to be one voice).
 
         ``audio``: the whole 16 kHz recording the segments' times refer to. ``speech_spans``:
         where voice-activity detection heard speech, in seconds (silence inside a segment is
@@ -95,9 +182,27 @@ class Diarizer:
         references = self._check(known or {}, num_speakers)
         if not segments:
             return []
-        started = time.perf_counter()
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         spans = sorted(speech_spans) if speech_spans is not None else None
+        return self._assign(audio, segments, spans, references, num_speakers)
+
+    def _assign(self, audio: np.ndarray, segments: Sequence[Segment], spans: list[tuple[float, float]] | None,
+                references: dict[str, np.ndarray], num_speakers: int | None) -> list[str]:
+        started = time.perf_counter()
+        grouped = self._grouped(audio, segments, spans, num_speakers)
+        if grouped is None:
+            log.info("speaker labels: no voice found in %d segments", len(segments))
+            return ["A"] * len(segments)
+        cluster, centroids = grouped
+        names = self._names(centroids, references)
+        labels = self._labels(cluster, names, set(references))
+        log.info("speaker labels: %d segments, %d voices (%s) in %.2f s", len(segments), len(centroids),
+                 ", ".join(sorted(set(labels))), time.perf_counter() - started)
+        return labels
+
+    def _grouped(self, audio: np.ndarray, segments: Sequence[Segment], spans: list[tuple[float, float]] | None,
+                 num_speakers: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """A voice number per segment and each voice's centroid; None when no segment has a voice."""
         embeddings, weights, long = [], [], []
         for segment in segments:
             speech = self._speech(audio, segment, spans)
@@ -112,8 +217,7 @@ class Diarizer:
         core = [i for i in range(len(segments)) if usable[i] and long[i]]
         core = core or [i for i in range(len(segments)) if usable[i]]  # only short segments: cluster those
         if not core:
-            log.info("speaker labels: no voice found in %d segments", len(segments))
-            return ["A"] * len(segments)
+            return None
         groups = self._cluster(vectors[core], num_speakers)
         cluster = np.full(len(segments), -1)
         cluster[core] = groups
@@ -127,11 +231,7 @@ class Diarizer:
             if cluster[i] < 0:
                 nearest = min(np.flatnonzero(cluster >= 0), key=lambda j: abs(j - i))
                 cluster[i] = cluster[nearest]
-        names = self._names(centroids, references)
-        labels = self._labels(cluster, names, set(references))
-        log.info("speaker labels: %d segments, %d voices (%s) in %.2f s", len(segments), len(centroids),
-                 ", ".join(sorted(set(labels))), time.perf_counter() - started)
-        return labels
+        return cluster, centroids
 
     def _check(self, known: Mapping[str, np.ndarray], num_speakers: int | None) -> dict[str, np.ndarray]:
         """Validate the known speakers and embed their reference clips."""
@@ -213,3 +313,108 @@ class Diarizer:
                 label_of[group] = next(fresh)
             labels.append(label_of[group])
         return labels
+
+
+def _runs(voices: np.ndarray) -> list[tuple[int, int, int]]:
+    """(first frame, end frame, voice) for each run of one voice."""
+    edges = [0, *(np.flatnonzero(np.diff(voices)) + 1).tolist(), len(voices)]
+    return [(a, b, int(voices[a])) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+
+
+def _smoothed(runs: list[tuple[int, int, int]], votes: np.ndarray, shortest: int) -> list[tuple[int, int, int]]:
+    """``runs`` with each one shorter than ``shortest`` frames given to the neighbour its frames score higher."""
+    runs = list(runs)
+    while len(runs) > 1:
+        short = min(range(len(runs)), key=lambda i: runs[i][1] - runs[i][0])
+        a, b, _ = runs[short]
+        if b - a >= shortest:
+            break
+        sides = [i for i in (short - 1, short + 1) if 0 <= i < len(runs)]
+        best = max(sides, key=lambda i: votes[a:b, runs[i][2]].mean())
+        voice = runs[best][2]
+        runs[short] = (a, b, voice)
+        merged: list[tuple[int, int, int]] = []
+        for run in runs:  # join neighbours that now have one voice
+            if merged and merged[-1][2] == run[2]:
+                merged[-1] = (merged[-1][0], run[1], run[2])
+            else:
+                merged.append(run)
+        runs = merged
+    return runs
+
+
+def _at_quiet(runs: list[tuple[int, int, int]], audio: np.ndarray) -> list[tuple[int, int, int]]:
+    """``runs`` with each turn moved to the quietest :data:`FRAME` within :data:`SNAP` s of it: the windows
+    blur a turn over their length, and people mostly take a breath between turns."""
+    if len(runs) < 2:
+        return runs
+    size = int(FRAME * SAMPLE_RATE)
+    frames = len(audio) // size
+    loudness = np.sqrt(np.mean(np.square(audio[:frames * size].reshape(frames, size)), axis=1)) if frames else []
+    reach = int(round(SNAP / FRAME))
+    edges = [runs[0][0]]
+    for (_, turn, _), (_, limit, _) in zip(runs, runs[1:], strict=False):
+        low, high = max(edges[-1] + 1, turn - reach), min(limit - 1, turn + reach, frames - 1)
+        edges.append(low + int(np.argmin(loudness[low:high + 1])) if high >= low else turn)
+    edges.append(runs[-1][1])
+    return [(edges[i], edges[i + 1], voice) for i, (_, _, voice) in enumerate(runs)]
+
+
+def at_turns(segment: Segment, timeline: Sequence[tuple[float, float, int]]) -> list[Segment]:
+    """``segment`` cut where ``timeline`` (start, end, voice) changes voice inside it; itself if it does not.
+
+    With timed words each word goes to the voice speaking at its middle and the cut falls
+    between words; without, the text is cut at the word nearest the turn's share of the time.
+    """
+    parts = [(max(a, segment.start), min(b, segment.end), v) for a, b, v in timeline
+             if b > segment.start and a < segment.end]
+    if len({v for _, _, v in parts}) < 2:
+        return [segment]
+
+    def voice_at(t: float) -> int:
+        return min(parts, key=lambda p: 0.0 if p[0] <= t <= p[1] else min(abs(t - p[0]), abs(t - p[1])))[2]
+
+    joiner = " " if " " in segment.text.strip() else ""
+    if segment.words:
+        groups: list[list[Word]] = []
+        voices: list[int] = []
+        for word in segment.words:
+            voice = voice_at((word.start + word.end) / 2)
+            if voices and voices[-1] == voice:
+                groups[-1].append(word)
+            else:
+                groups.append([word])
+                voices.append(voice)
+        if len(groups) < 2:
+            return [segment]
+        cuts = [segment.start, *((a[-1].end + b[0].start) / 2 for a, b in zip(groups, groups[1:], strict=False)),
+                segment.end]  # the pieces tile the segment: each cut halfway between two words
+        return [replace(segment, start=cuts[i], end=cuts[i + 1],
+                        text=joiner.join(w.word.strip() for w in group).strip(), words=tuple(group),
+                        tokens=(), logprobs=())
+                for i, group in enumerate(groups)]
+    return _cut_text(segment, parts, joiner)
+
+
+def _cut_text(segment: Segment, parts: list[tuple[float, float, int]], joiner: str) -> list[Segment]:
+    """A segment without timed words cut at its turns, the text shared out in proportion to the time."""
+    merged: list[list[float]] = []
+    for a, b, v in parts:
+        if merged and merged[-1][2] == v:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b, v])
+    tokens = segment.text.split() if joiner else list(segment.text.strip())
+    span = max(segment.end - segment.start, 1e-6)
+    cuts = [0]
+    for a, _, _ in merged[1:]:
+        cuts.append(max(cuts[-1], min(len(tokens), round((a - segment.start) / span * len(tokens)))))
+    cuts.append(len(tokens))
+    pieces = []
+    for i, (a, b, _) in enumerate(merged):
+        text = joiner.join(tokens[cuts[i]:cuts[i + 1]]).strip()
+        if text:
+            pieces.append(replace(segment, start=segment.start if i == 0 else a,
+                                  end=segment.end if i == len(merged) - 1 else b, text=text, tokens=(),
+                                  logprobs=()))
+    return pieces or [segment]

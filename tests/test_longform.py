@@ -102,3 +102,28 @@ def test_every_format_gives_the_same_words(base: Server, recording: str, request
     assert text.split() == words and verbose["text"].split() == words and done["text"].split() == words
     assert " ".join(cues).split() == words
     assert plain["languages"] == verbose["languages"] == done["languages"] == [{"code": "en"}, {"code": "zh"}]
+
+
+def test_diarized_json_tells_the_voices_of_a_meeting_apart(base: Server, shared_audio: Path, tmp_path: Path) -> None:
+    """Three voices (JFK, an espeak-ng voice, the Mandarin speaker), ten turns, pauses of 0.15 to 2.5 s: where
+    Whisper puts two turns in one segment (the Mandarin "我想问" and "Yes, I think so too" after 0.2 s), the
+    segment is cut at the turn; nearly all speech gets its speaker (measured: 5.9 % wrong, 6.6 % without turns)."""
+    import shutil
+
+    from support.meetings import error_rate, meetings
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    name, audio, truth = meetings(shared_audio, tmp_path, count=4)[3]
+    answer = _post(base, wav_bytes(audio), response_format="diarized_json").json()
+    said = [(s["start"], s["end"], s["speaker"]) for s in answer["segments"]]
+    assert len({s[2] for s in said}) == 3, answer["segments"]
+    assert error_rate(truth, said) <= 0.10, (name, answer["segments"])
+    assert answer["text"].count("\n") == len(_turns(said)) - 1  # a line per turn
+    for segment in answer["segments"]:
+        assert segment["text"] == segment["text"].strip() and segment["end"] > segment["start"]
+
+
+def _turns(said: list[tuple[float, float, str]]) -> list[str]:
+    """The speakers in order, one entry per run of segments by one speaker."""
+    return [speaker for i, (_, _, speaker) in enumerate(said) if i == 0 or said[i - 1][2] != speaker]
