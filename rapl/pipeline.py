@@ -19,6 +19,11 @@ from .vad import RATE, Chunk
 
 log = logging.getLogger(__name__)
 
+MIN_UNHEARD = 0.8  # seconds of speech at a chunk's end with no words for it: decoded again (unheard_tail)
+SNAP_OVERLAP = 0.2  # seconds a segment must overlap a stretch of speech for its ends to move to it
+CONTEXT_SEGMENTS = 3  # segments of the chunk before that a long recording's next chunk goes on from
+MIN_REST = 0.5  # seconds: less of a stretch after the last segment is its padding (the VAD's 0.2 s) and timing error
+MAX_RETRIES = 2  # times a chunk's unheard end is decoded again
 LANGUAGE_SURE = 0.5  # a stretch's language counts from this probability (Whisper's language token) up
 _BAR = "{desc}: {percentage:3.0f}%|{bar:20}| {n:.1f}/{total:.1f} s audio [{elapsed}<{remaining}{postfix}]"
 
@@ -66,6 +71,23 @@ def _placed(segment: Segment, chunk: Chunk) -> Segment:
     return replace(segment, start=start, end=max(start, end), words=words).shifted(chunk.offset)
 
 
+def _snapped(segment: Segment, speech: tuple[tuple[int, int], ...]) -> Segment:
+    """``segment`` with its ends moved out of the pauses, to where the VAD heard speech: Whisper's
+    timestamps often run a segment back to back with the one before, through the pause between them
+    (by 0.5 to 1 s on the long-form corpus). Only stretches it overlaps by SNAP_OVERLAP count; words
+    are kept inside it; a segment over no speech is kept as it is."""
+    spans = [(a / RATE, b / RATE) for a, b in speech
+             if min(b / RATE, segment.end) - max(a / RATE, segment.start) >= SNAP_OVERLAP]
+    if not spans:
+        return segment
+    start, end = max(segment.start, spans[0][0]), min(segment.end, spans[-1][1])
+    if end - start < 0.1 or (start, end) == (segment.start, segment.end):
+        return segment
+    words = tuple(replace(w, start=min(max(w.start, start), end), end=min(max(w.end, start), end))
+                  for w in segment.words)
+    return replace(segment, start=start, end=end, words=words)
+
+
 def by_language(backend: Backend, audio: np.ndarray, chunk: Chunk, options: Options) -> list[tuple[Chunk, str | None]]:
     """``chunk`` as parts of one language each, and the language to decode each in (None: the model's
     own detection). Without a ``language`` from the request, a multilingual model that can tell the
@@ -100,17 +122,47 @@ def by_language(backend: Backend, audio: np.ndarray, chunk: Chunk, options: Opti
     return [(chunk.part(start, end), language) for start, end, language in parts]
 
 
+def _context(segments: list[Segment], language: str | None) -> tuple[int, ...]:
+    """The tokens (timestamps included) of the last CONTEXT_SEGMENTS segments, for the next chunk to go on
+    from, as the model's own library conditions each window on the text before it; none across a change
+    of language (a German context would pull English speech towards German)."""
+    recent = segments[-CONTEXT_SEGMENTS:]
+    if not recent or (language is not None and any(s.language not in (None, language) for s in recent)):
+        return ()
+    return tuple(token for s in recent for token in s.tokens)
+
+
+def unheard_tail(chunk: Chunk, heard_until: float | None) -> Chunk | None:
+    """The end of ``chunk`` that the model gave no words for although the VAD heard speech there, as a
+    chunk to decode again; None when there is less than MIN_UNHEARD seconds of such speech.
+
+    Whisper decodes a chunk shorter than its 30 s window in one go, and may end it early: after
+    JFK's 11 s a sentence that followed 1.2 s later in the same chunk was dropped (the model said
+    end-of-text after JFK's last timestamp, and faster-whisper then moves past the whole window).
+    ``heard_until``: where the chunk's last segment ends (recording seconds), None if it gave none.
+    """
+    until = chunk.start if heard_until is None else round(heard_until * RATE)
+    missed = [(max(a, until), b) for a, b in chunk.stretches() if b - max(a, until) >= MIN_REST * RATE]
+    if sum(b - a for a, b in missed) < MIN_UNHEARD * RATE or chunk.speech == ():
+        return None
+    log.info("no words for %.1f s of speech at the end of the chunk at %.1f s: decoding it again",
+             sum(b - a for a, b in missed) / RATE, chunk.offset)
+    return chunk.part(missed[0][0], chunk.end)
+
+
 def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
 def run(backend: Backend, audio: np.ndarray, options: Options, chunks: list[Chunk], *,
         label: str = "transcribe", progress: bool = True,
-        on_segment: Callable[[Segment], None] | None = None) -> Transcription:
+        on_segment: Callable[[Segment], None] | None = None, retry: bool = False) -> Transcription:
     """Transcribe each chunk of ``audio`` in order, advancing a tqdm bar by seconds of audio done.
 
     Returns one Transcription whose segment times are relative to the whole recording, each held
     inside its chunk and after the one before; ``on_segment`` sees each segment as it is placed.
+    ``retry`` (long recordings): a chunk's end that got no words although the VAD heard speech
+    there is decoded again (:func:`unheard_tail`).
     """
     total = duration(audio)
     started = time.perf_counter()
@@ -121,15 +173,23 @@ def run(backend: Backend, audio: np.ndarray, options: Options, chunks: list[Chun
             bar.set_postfix_str(f"RTF {(time.perf_counter() - started) / max(bar.n, 1e-6):.3f}", refresh=False)
 
         for planned in chunks:
-            for chunk, language in by_language(backend, audio, planned, options):
+            for part, language in by_language(backend, audio, planned, options):
                 told = options if language is None else replace(options, language=language)
-                for segment in backend.transcribe(chunk.samples(audio), told):
-                    after = segments[-1].end if segments else 0.0
-                    placed = clamp([_placed(segment, chunk)], chunk.offset, chunk.end / RATE, after)[0]
-                    segments.append(placed)
-                    advance(placed.end)
-                    if on_segment is not None:
-                        on_segment(placed)
+                chunk: Chunk | None = part
+                for _ in range(MAX_RETRIES + 1):
+                    if chunk is None:
+                        break
+                    heard = len(segments)
+                    going_on = replace(told, context=_context(segments, language)) if retry else told
+                    for segment in backend.transcribe(chunk.samples(audio), going_on):
+                        after = segments[-1].end if segments else 0.0
+                        placed = _snapped(_placed(segment, chunk), chunk.speech)
+                        placed = clamp([placed], chunk.offset, chunk.end / RATE, after)[0]
+                        segments.append(placed)
+                        advance(placed.end)
+                        if on_segment is not None:
+                            on_segment(placed)
+                    chunk = unheard_tail(chunk, segments[-1].end if len(segments) > heard else None) if retry else None
             advance(planned.end / RATE)
         advance(total)
     elapsed = time.perf_counter() - started

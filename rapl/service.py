@@ -148,8 +148,9 @@ class Transcriber:
             return replace(segment, text=rules.apply(segment.text), words=rules.apply_words(segment.words))
 
         told = (lambda s: on_segment(fixed(s))) if on_segment is not None else None
+        long = len(job.audio) > self.worker.segmenter.max_chunk  # the long-form plan: unheard ends decoded again
         result = run(self.worker.backend, job.audio, job.request.options, chunks, label=job.label,
-                     progress=self.progress, on_segment=told)
+                     progress=self.progress, on_segment=told, retry=long)
         job.stats["inference"] = time.perf_counter() - begun
         segments = [fixed(s) for s in result.segments]
         if job.request.diarized and segments:

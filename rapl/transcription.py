@@ -74,6 +74,7 @@ class Options:
     vad: VadOptions | None = None  # chunking_strategy=server_vad
     logprobs: bool = False  # per-token log-probabilities (include[]=logprobs)
     draft: bool = False  # a live partial decode: one quick pass (Whisper: greedy, no fallback, no timestamps)
+    context: tuple[int, ...] = ()  # the tokens of what came just before (long-form: the last chunk's segments)
 
 
 @dataclass(frozen=True)

@@ -381,3 +381,58 @@ def test_a_stretch_of_an_unsure_language_goes_with_its_neighbours(spoken_sentenc
     assert by_language(backend, recording, chunk, Options()) == [(chunk, "en")]  # one part, in English
     backend.language_of = lambda audio, candidates=(): ("fr", 0.2)  # type: ignore[method-assign]
     assert by_language(backend, recording, chunk, Options()) == [(chunk, None)]  # none sure: the model decides
+
+
+class _Hasty:
+    """Whisper at its worst: it gives words for the first sentence of what it is sent (up to its first
+    pause of half a second), then says end-of-text."""
+
+    capabilities = FakeBackend(segments_audio=True).capabilities
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[float, tuple[int, ...]]] = []  # (seconds sent, context tokens)
+
+    def transcribe(self, audio: np.ndarray, options):  # noqa: ANN001, ANN201
+        from rapl.transcription import Segment
+
+        self.calls.append((len(audio) / 16000, options.context))
+        n = len(self.calls)
+        loud = np.abs(audio[:len(audio) // 160 * 160]).reshape(-1, 160).max(axis=1) > 0.01  # 10 ms frames
+        first = int(np.argmax(loud))
+        quiet = np.flatnonzero(np.convolve(~loud[first:], np.ones(50), "valid") == 50)  # 0.5 s of quiet
+        end = (first + (int(quiet[0]) if len(quiet) else len(loud) - first)) / 100
+        yield Segment(0.0, end, f"part {n}", tokens=(100 + n, 200 + n))  # from the start, pause and all
+
+
+def test_a_chunk_whose_end_got_no_words_is_decoded_again_from_there(spoken_sentences) -> None:  # noqa: ANN001
+    """Three sentences in one chunk, a model that stops after 2 s: the long-form plan decodes the unheard rest
+    again (each time going on from the tokens before), so every sentence gets words; dictation does not."""
+    from rapl.pipeline import MAX_RETRIES, run
+    from rapl.transcription import Options
+
+    recording, starts = build_recording(spoken_sentences[:3], [1.0, 1.0, 1.0])
+    (chunk,) = _segmenter().plan(recording)
+    assert len(chunk.stretches()) == 3 and MAX_RETRIES >= 2
+    backend = _Hasty()
+    result = run(backend, recording, Options(), [chunk], progress=False, retry=True)
+    assert len(backend.calls) == 3 and [c[1] for c in backend.calls] == [(), (101, 201), (101, 201, 102, 202)]
+    for segment, (start, end) in zip(result.segments, chunk.stretches(), strict=True):
+        assert start / 16000 <= segment.start < end / 16000  # each sentence heard, its segment on its speech
+    assert result.segments[0].start == pytest.approx(chunk.stretches()[0][0] / 16000)  # moved out of the pause
+    once = _Hasty()
+    assert len(run(once, recording, Options(), [chunk], progress=False).segments) == 1 and len(once.calls) == 1
+
+
+def test_segment_ends_move_out_of_pauses_and_no_context_crosses_a_language() -> None:
+    from rapl.pipeline import _context, _snapped
+    from rapl.transcription import Segment, Word
+
+    speech = ((16000, 48000), (64000, 96000))  # 1-3 s and 4-6 s
+    segment = Segment(0.5, 3.8, "a b", words=(Word("a", 0.5, 1.5), Word("b", 2.0, 3.8)))
+    snapped = _snapped(segment, speech)
+    assert (snapped.start, snapped.end) == (1.0, 3.0) and snapped.words[0].start == 1.0 and snapped.words[1].end == 3.0
+    assert _snapped(Segment(3.1, 3.9, "uh"), speech) == Segment(3.1, 3.9, "uh")  # over no speech: kept
+    assert _snapped(Segment(2.0, 4.1, "x"), speech).end == 3.0  # 0.1 s into the next stretch does not count
+    said = [Segment(0, 1, "a", tokens=(1,), language="en"), Segment(1, 2, "b", tokens=(2,), language="en")]
+    assert _context(said, "en") == (1, 2) and _context(said, None) == (1, 2)
+    assert _context(said, "de") == () and _context([], "en") == ()

@@ -79,7 +79,10 @@ class WhisperBackend:
             yield self._draft(audio, options)
             return
         language = options.language or self._detect_among(audio, options.candidates)
-        prompt, hotwords = self.fit_prompt(options.prompt, options.keywords)
+        text, hotwords = self.fit_prompt(options.prompt, options.keywords)
+        prompt: str | list[int] | None = text
+        if text is None and options.context:  # the chunk before's tokens, timestamps and all
+            prompt = list(options.context)
         pieces, info = self._model.transcribe(
             audio, language=language, task=options.task, initial_prompt=prompt, hotwords=hotwords,
             temperature=(options.temperature or 0.0,) if options.draft else temperatures(options.temperature),
