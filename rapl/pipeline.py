@@ -14,7 +14,7 @@ from tqdm import tqdm
 from .backends import Backend, Capabilities
 from .errors import Unsupported
 from .recording import duration
-from .transcription import Options, Segment, Transcription, clamp
+from .transcription import Options, Segment, Transcription, clamp, cut_at
 from .vad import RATE, Chunk
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,13 @@ def by_language(backend: Backend, audio: np.ndarray, chunk: Chunk, options: Opti
     return [(chunk.part(start, end), language) for start, end, language in parts]
 
 
+def _at_pauses(segment: Segment, chunk: Chunk) -> list[Segment]:
+    """``segment`` cut at the pauses between ``chunk``'s stretches of speech, between words (keeping its
+    text, punctuation and tags as they are)."""
+    timeline = [(a / RATE, b / RATE, i) for i, (a, b) in enumerate(chunk.speech)]
+    return cut_at(segment, timeline) if segment.words and len(timeline) > 1 else [segment]
+
+
 def _context(segments: list[Segment], language: str | None) -> tuple[int, ...]:
     """The tokens (timestamps included) of the last CONTEXT_SEGMENTS segments, for the next chunk to go on
     from, as the model's own library conditions each window on the text before it; none across a change
@@ -156,13 +163,16 @@ def _cap(text: str) -> str:
 
 def run(backend: Backend, audio: np.ndarray, options: Options, chunks: list[Chunk], *,
         label: str = "transcribe", progress: bool = True,
-        on_segment: Callable[[Segment], None] | None = None, retry: bool = False) -> Transcription:
+        on_segment: Callable[[Segment], None] | None = None, retry: bool = False,
+        pauses: bool = False) -> Transcription:
     """Transcribe each chunk of ``audio`` in order, advancing a tqdm bar by seconds of audio done.
 
     Returns one Transcription whose segment times are relative to the whole recording, each held
     inside its chunk and after the one before; ``on_segment`` sees each segment as it is placed.
     ``retry`` (long recordings): a chunk's end that got no words although the VAD heard speech
-    there is decoded again (:func:`unheard_tail`).
+    there is decoded again (:func:`unheard_tail`). ``pauses`` (a model that gives one segment per
+    chunk, sent a clip of several stretches of speech whole): each segment is cut at the pauses
+    between the stretches, by its word times, so timed formats keep a segment per utterance.
     """
     total = duration(audio)
     started = time.perf_counter()
@@ -185,10 +195,11 @@ def run(backend: Backend, audio: np.ndarray, options: Options, chunks: list[Chun
                         after = segments[-1].end if segments else 0.0
                         placed = _snapped(_placed(segment, chunk), chunk.speech)
                         placed = clamp([placed], chunk.offset, chunk.end / RATE, after)[0]
-                        segments.append(placed)
+                        for piece in _at_pauses(placed, chunk) if pauses else (placed,):
+                            segments.append(piece)
+                            if on_segment is not None:
+                                on_segment(piece)
                         advance(placed.end)
-                        if on_segment is not None:
-                            on_segment(placed)
                     chunk = unheard_tail(chunk, segments[-1].end if len(segments) > heard else None) if retry else None
             advance(planned.end / RATE)
         advance(total)

@@ -102,7 +102,9 @@ class Transcriber:
         job.stats["vad"] = time.perf_counter() - planned
         if not chunks:
             return _finished(self._run(job, []))
-        if short and merge:  # one chunk: the whole clip, as the dictation path gives it
+        if short and (merge or self.worker.capabilities.can_time_words):
+            # one chunk: the whole clip, as the dictation path gives it (a model that gives one segment
+            # per chunk has it cut at the pauses by its word times: rapl.pipeline.run)
             chunks = [Chunk(0, len(pcm), (), tuple(span for c in chunks for span in c.speech))]
         return self._submit(job, chunks, on_segment)
 
@@ -149,8 +151,10 @@ class Transcriber:
 
         told = (lambda s: on_segment(fixed(s))) if on_segment is not None else None
         long = len(job.audio) > self.worker.segmenter.max_chunk  # the long-form plan: unheard ends decoded again
-        result = run(self.worker.backend, job.audio, job.request.options, chunks, label=job.label,
-                     progress=self.progress, on_segment=told, retry=long)
+        pauses = not self.worker.capabilities.segments_audio and any(len(c.speech) > 1 for c in chunks)
+        options = replace(job.request.options, word_timestamps=True) if pauses else job.request.options
+        result = run(self.worker.backend, job.audio, options, chunks, label=job.label,
+                     progress=self.progress, on_segment=told, retry=long, pauses=pauses)
         job.stats["inference"] = time.perf_counter() - begun
         segments = [fixed(s) for s in result.segments]
         if job.request.diarized and segments:

@@ -36,14 +36,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 
 import numpy as np
 
 from .encoders import WINDOW, SpeakerEncoder, create_encoder, unit_vector, windows
 from .recording import SAMPLE_RATE
 from .settings import Settings
-from .transcription import Segment, Word
+from .transcription import Segment, cut_at
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ class Diarizer:
         """The segments cut where the speaker changes inside one, and one label per resulting segment.
 
         Who speaks when comes from the audio, not from the model's segments (:meth:`turns`); a
-        segment that spans a turn is cut there (:func:`at_turns`: between words where the
+        segment that spans a turn is cut there (:func:`rapl.transcription.cut_at`: between words where the
         backend timed them), and the pieces, each now one voice, are labelled as
         :meth:`assign` does. Arguments as :meth:`assign`.
         """
@@ -113,7 +112,7 @@ class Diarizer:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         spans = sorted(speech_spans) if speech_spans is not None else None
         timeline = self.turns(audio, spans or [(s.start, s.end) for s in segments], num_speakers)
-        pieces = [piece for segment in segments for piece in at_turns(segment, timeline)]
+        pieces = [piece for segment in segments for piece in cut_at(segment, timeline)]
         labels = self._assign(audio, pieces, spans, references, num_speakers)
         log.info("speaker turns: %d segments became %d in %.2f s", len(segments), len(pieces),
                  time.perf_counter() - started)
@@ -358,63 +357,3 @@ def _at_quiet(runs: list[tuple[int, int, int]], audio: np.ndarray) -> list[tuple
         edges.append(low + int(np.argmin(loudness[low:high + 1])) if high >= low else turn)
     edges.append(runs[-1][1])
     return [(edges[i], edges[i + 1], voice) for i, (_, _, voice) in enumerate(runs)]
-
-
-def at_turns(segment: Segment, timeline: Sequence[tuple[float, float, int]]) -> list[Segment]:
-    """``segment`` cut where ``timeline`` (start, end, voice) changes voice inside it; itself if it does not.
-
-    With timed words each word goes to the voice speaking at its middle and the cut falls
-    between words; without, the text is cut at the word nearest the turn's share of the time.
-    """
-    parts = [(max(a, segment.start), min(b, segment.end), v) for a, b, v in timeline
-             if b > segment.start and a < segment.end]
-    if len({v for _, _, v in parts}) < 2:
-        return [segment]
-
-    def voice_at(t: float) -> int:
-        return min(parts, key=lambda p: 0.0 if p[0] <= t <= p[1] else min(abs(t - p[0]), abs(t - p[1])))[2]
-
-    joiner = " " if " " in segment.text.strip() else ""
-    if segment.words:
-        groups: list[list[Word]] = []
-        voices: list[int] = []
-        for word in segment.words:
-            voice = voice_at((word.start + word.end) / 2)
-            if voices and voices[-1] == voice:
-                groups[-1].append(word)
-            else:
-                groups.append([word])
-                voices.append(voice)
-        if len(groups) < 2:
-            return [segment]
-        cuts = [segment.start, *((a[-1].end + b[0].start) / 2 for a, b in zip(groups, groups[1:], strict=False)),
-                segment.end]  # the pieces tile the segment: each cut halfway between two words
-        return [replace(segment, start=cuts[i], end=cuts[i + 1],
-                        text=joiner.join(w.word.strip() for w in group).strip(), words=tuple(group),
-                        tokens=(), logprobs=())
-                for i, group in enumerate(groups)]
-    return _cut_text(segment, parts, joiner)
-
-
-def _cut_text(segment: Segment, parts: list[tuple[float, float, int]], joiner: str) -> list[Segment]:
-    """A segment without timed words cut at its turns, the text shared out in proportion to the time."""
-    merged: list[list[float]] = []
-    for a, b, v in parts:
-        if merged and merged[-1][2] == v:
-            merged[-1][1] = b
-        else:
-            merged.append([a, b, v])
-    tokens = segment.text.split() if joiner else list(segment.text.strip())
-    span = max(segment.end - segment.start, 1e-6)
-    cuts = [0]
-    for a, _, _ in merged[1:]:
-        cuts.append(max(cuts[-1], min(len(tokens), round((a - segment.start) / span * len(tokens)))))
-    cuts.append(len(tokens))
-    pieces = []
-    for i, (a, b, _) in enumerate(merged):
-        text = joiner.join(tokens[cuts[i]:cuts[i + 1]]).strip()
-        if text:
-            pieces.append(replace(segment, start=segment.start if i == 0 else a,
-                                  end=segment.end if i == len(merged) - 1 else b, text=text, tokens=(),
-                                  logprobs=()))
-    return pieces or [segment]

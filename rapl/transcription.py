@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -133,3 +134,84 @@ def clamp(segments: list[Segment], start: float, end: float, after: float = 0.0)
         out.append(replace(segment, start=seg_start, end=max(seg_end, word_floor), words=tuple(words)))
         floor = out[-1].end
     return out
+
+
+def cut_at(segment: Segment, timeline: Sequence[tuple[float, float, int]]) -> list[Segment]:
+    """``segment`` cut where ``timeline`` (start, end, label: a voice, a stretch of speech) changes label
+    inside it; itself if it does not.
+
+    With timed words each word goes to the label at its middle and the cut falls halfway between
+    two words (the pieces tile the segment); without, the text is cut at the word nearest the
+    change's share of the time.
+    """
+    parts = [(max(a, segment.start), min(b, segment.end), v) for a, b, v in timeline
+             if b > segment.start and a < segment.end]
+    if len({v for _, _, v in parts}) < 2:
+        return [segment]
+
+    def voice_at(t: float) -> int:
+        return min(parts, key=lambda p: 0.0 if p[0] <= t <= p[1] else min(abs(t - p[0]), abs(t - p[1])))[2]
+
+    joiner = " " if " " in segment.text.strip() else ""
+    if segment.words:
+        groups: list[list[Word]] = []
+        voices: list[int] = []
+        for word in segment.words:
+            voice = voice_at((word.start + word.end) / 2)
+            if voices and voices[-1] == voice:
+                groups[-1].append(word)
+            else:
+                groups.append([word])
+                voices.append(voice)
+        if len(groups) < 2:
+            return [segment]
+        cuts = [segment.start, *((a[-1].end + b[0].start) / 2 for a, b in zip(groups, groups[1:], strict=False)),
+                segment.end]  # the pieces tile the segment: each cut halfway between two words
+        texts = _texts_of(segment.text, groups)
+        if texts is None:  # the words are not the text's (inverse text normalisation, say): share it by time
+            return _cut_text(segment, parts, joiner)
+        return [replace(segment, start=cuts[i], end=cuts[i + 1], text=texts[i], words=tuple(group),
+                        tokens=(), logprobs=())
+                for i, group in enumerate(groups)]
+    return _cut_text(segment, parts, joiner)
+
+
+def _texts_of(text: str, groups: list[list[Word]]) -> list[str] | None:
+    """``text`` cut before the first word of each group but the first, punctuation and tags kept where
+    they are (each word found in turn in the text, case aside); None when a word is not found there."""
+    at, starts, folded = 0, [], text.lower()  # lower() keeps the length (casefold turns ß into ss)
+    for group in groups:
+        for i, word in enumerate(group):
+            found = folded.find(word.word.strip().lower(), at) if word.word.strip() else at
+            if found < 0:
+                return None
+            if i == 0:
+                starts.append(found)
+            at = found + len(word.word.strip())
+    starts[0] = 0
+    pieces = [text[a:b].strip() for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+    return pieces if all(pieces) else None
+
+
+def _cut_text(segment: Segment, parts: list[tuple[float, float, int]], joiner: str) -> list[Segment]:
+    """A segment without timed words cut at its turns, the text shared out in proportion to the time."""
+    merged: list[list[float]] = []
+    for a, b, v in parts:
+        if merged and merged[-1][2] == v:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b, v])
+    tokens = segment.text.split() if joiner else list(segment.text.strip())
+    span = max(segment.end - segment.start, 1e-6)
+    cuts = [0]
+    for a, _, _ in merged[1:]:
+        cuts.append(max(cuts[-1], min(len(tokens), round((a - segment.start) / span * len(tokens)))))
+    cuts.append(len(tokens))
+    pieces = []
+    for i, (a, b, _) in enumerate(merged):
+        text = joiner.join(tokens[cuts[i]:cuts[i + 1]]).strip()
+        if text:
+            pieces.append(replace(segment, start=segment.start if i == 0 else a,
+                                  end=segment.end if i == len(merged) - 1 else b, text=text, tokens=(),
+                                  logprobs=()))
+    return pieces or [segment]

@@ -634,3 +634,42 @@ def test_server_handles_a_few_samples_past_a_window(offline_server, tiny_sensevo
     assert result.duration == pytest.approx(10.0, abs=0.01)
     assert [round(s.end, 2) for s in result.segments][-1] == pytest.approx(10.0, abs=0.01)
     assert offline == []
+
+
+def test_server_gives_the_same_words_in_every_format(offline_server, tiny_sensevoice: Path, offline, tmp_path):
+    """A clip of two sentences 1.2 s apart: json (the dictation path) and the timed formats all send it
+    whole, so they give the same words; the timed formats cut it at the pause by its word times."""
+    from support.speech import SENTENCES, build_recording, spoken
+
+    parts = [spoken(SENTENCES[i], tmp_path / f"{i}.wav") for i in (0, 1)]
+    clip, _ = build_recording(parts, [0.3, 1.2])
+    body = wav_bytes(clip)
+    server = sensevoice_server(offline_server, tiny_sensevoice, VAD="true")
+    plain = transcribe(server, body).text
+    verbose = transcribe(server, body, response_format="verbose_json")
+    assert plain and verbose.text == plain
+    assert transcribe(server, body, response_format="text").strip() == plain
+    srt = transcribe(server, body, response_format="srt")
+    assert " ".join(line for line in srt.splitlines() if line and "-->" not in line and not line.isdigit()) == plain
+    starts = [s.start for s in verbose.segments]
+    assert starts == sorted(starts) and verbose.segments[-1].end <= verbose.duration + 0.01
+
+
+def test_a_whole_clip_segment_is_cut_at_its_pauses_keeping_its_text() -> None:
+    from rapl.pipeline import _at_pauses
+    from rapl.transcription import Word
+    from rapl.vad import Chunk
+
+    chunk = Chunk(0, 8 * 16000, (), ((8000, 48000), (64000, 120000)))  # speech at 0.5-3 s and 4-7.5 s
+    words = (Word("hello", 0.6, 1.0), Word("world", 1.2, 2.8), Word("你好", 4.2, 5.0), Word("there", 5.5, 7.0))
+    segment = Segment(0.0, 8.0, "<|en|>Hello, world! 你好 there.", words=words)
+    first, second = _at_pauses(segment, chunk)
+    assert (first.text, second.text) == ("<|en|>Hello, world!", "你好 there.")  # punctuation and tags kept
+    assert first.end == second.start == pytest.approx(3.5) and (first.start, second.end) == (0.0, 8.0)
+    assert _at_pauses(replace_words(segment), chunk) == [replace_words(segment)]  # no words: kept whole
+
+
+def replace_words(segment: Segment) -> Segment:
+    from dataclasses import replace
+
+    return replace(segment, words=())

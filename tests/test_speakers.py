@@ -19,8 +19,8 @@ import pytest
 
 from rapl.encoders import ENCODERS, CampPlusEncoder, ResemblyzerEncoder, SpeakerModelError, check, create_encoder
 from rapl.settings import SPEAKER_MODELS, Settings, SettingsError
-from rapl.speakers import MAX_KNOWN, MIN_TURN, Diarizer, SpeakerError, at_turns, letters
-from rapl.transcription import Segment, Word
+from rapl.speakers import MAX_KNOWN, MIN_TURN, Diarizer, SpeakerError, letters
+from rapl.transcription import Segment, Word, cut_at
 from support.net import network_blocked
 from support.speech import build_recording
 
@@ -366,8 +366,8 @@ def test_turns_smooth_runs_shorter_than_a_turn() -> None:
 
 def test_cutting_keeps_segments_without_a_turn() -> None:
     segment = Segment(0.0, 2.0, "hello there")
-    assert at_turns(segment, [(0.0, 5.0, 0), (5.0, 8.0, 1)]) == [segment]
-    assert at_turns(segment, []) == [segment]
+    assert cut_at(segment, [(0.0, 5.0, 0), (5.0, 8.0, 1)]) == [segment]
+    assert cut_at(segment, []) == [segment]
 
 
 @pytest.mark.slow  # the real resemblyzer encoder on synthetic meetings (espeak-ng voices and the two real speakers)
