@@ -111,9 +111,9 @@ class Transcriber:
     def _tells_languages(self, request: AudioRequest) -> bool:
         """Whether the model will be asked the language of each stretch of speech (no language given,
         a multilingual model whose backend can tell it: rapl.pipeline.by_language)."""
-        languages = self.worker.capabilities.languages
-        return (request.options.language is None and hasattr(self.worker.backend, "language_of")
-                and (languages is None or len(languages) > 1))
+        caps = self.worker.capabilities
+        return (request.options.language is None and caps.tells_languages
+                and (caps.languages is None or len(caps.languages) > 1))
 
     def partial(self, key: Any, pieces: list[np.ndarray], request: AudioRequest) -> Future[list[str]]:
         """A live turn's audio so far (one or more pieces), decoded whole in the model thread's

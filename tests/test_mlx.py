@@ -346,3 +346,22 @@ def test_server_cannot_translate(offline_server, request) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         server.sdk.audio.translations.create(model="whisper-1", file=("clip.wav", CLIP))
     assert info.value.body["code"] == "translation_unsupported"
+
+
+def test_qwen3_asr_is_asked_the_language_of_a_stretch(mlx_qwen3: MLXBackend, mlx_qwen3_spy: GenerateSpy,
+                                                      speech_pcm: np.ndarray) -> None:
+    """Left to detect, Qwen3-ASR names the language first: a stretch is decoded for a few tokens only."""
+    from rapl.backends.mlx import LANGUAGE_TOKENS
+
+    assert mlx_qwen3.capabilities.tells_languages
+    code, probability = mlx_qwen3.language_of(speech_pcm[:2 * 16000])
+    kwargs, _ = mlx_qwen3_spy.calls[-1]
+    assert kwargs["max_tokens"] == LANGUAGE_TOKENS and "language" not in kwargs
+    assert probability in (0.0, 1.0) and (probability == 0.0 or code in mlx_qwen3.capabilities.languages)
+    assert mlx_qwen3.language_of(speech_pcm[:2 * 16000], candidates=("xx",))[1] == 0.0  # not among those asked
+
+
+def test_families_that_never_name_a_language_are_not_asked(mlx_sensevoice: MLXBackend,
+                                                           speech_pcm: np.ndarray) -> None:
+    assert not mlx_sensevoice.capabilities.tells_languages
+    assert mlx_sensevoice.language_of(speech_pcm[:16000]) is None

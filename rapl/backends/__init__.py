@@ -59,6 +59,7 @@ class Capabilities:
     can_bias: bool = False  # takes a vocabulary (keywords[]) to favour
     can_detect_among: bool = False  # restricts language detection to given languages (languages[])
     can_logprobs: bool = False  # reports per-token log-probabilities (include[]=logprobs)
+    tells_languages: bool = False  # can tell each stretch's language (language_of: rapl.pipeline.by_language)
 
 
 class Backend(Protocol):

@@ -41,6 +41,7 @@ from . import SPECS, Capabilities, warm_up_noise
 log = logging.getLogger(__name__)
 
 TOKENS_PER_SECOND = 10  # generation limit per second of audio (see the module docstring)
+LANGUAGE_TOKENS = 6  # tokens a stretch is decoded for to learn its language ("language German<asr_text>")
 TOKEN_ALLOWANCE = 32  # plus this many: a language prefix, and room on very short clips
 # Keywords join the prompt (the family's context argument) up to this many characters, some 200 tokens:
 # Whisper's decoder keeps only the last 223 prompt tokens, and a long context slows every family.
@@ -61,6 +62,7 @@ class Family:
     word_timestamps_arg: str | None = None  # keyword that asks for word timestamps
     itn_arg: str | None = None  # keyword that takes the USE_ITN setting (numbers, punctuation)
     segments_audio: bool = False  # splits a chunk into timed segments itself; else one per chunk
+    says_language: bool = False  # left to detect, it starts its output by naming the language
 
 
 def _names(codes: str, **spelled: str) -> dict[str, str]:
@@ -73,7 +75,7 @@ _QWEN3_ASR = _names("zh en yue ar de fr es pt id it ko ru th vi ja tr hi ms nl s
 
 # The one table of parameter differences, keyed by mlx-audio's model package (model_type).
 FAMILIES: dict[str, Family] = {
-    "qwen3_asr": Family(languages=_QWEN3_ASR, prompt_arg="system_prompt"),
+    "qwen3_asr": Family(languages=_QWEN3_ASR, prompt_arg="system_prompt", says_language=True),
     "sensevoice": Family(languages={c: c for c in ("zh", "en", "yue", "ja", "ko")},
                          auto_language="auto", max_tokens_arg=None, itn_arg="use_itn"),
     "whisper": Family(prompt_arg="initial_prompt", max_tokens_arg=None,
@@ -134,7 +136,8 @@ class MLXBackend:
         return Capabilities(languages=frozenset(family.languages) if family.languages is not None else None,
                             can_time_words=family.word_timestamps_arg is not None,
                             segments_audio=family.segments_audio,
-                            can_bias=family.prompt_arg is not None)  # keywords[] join the prompt (context)
+                            can_bias=family.prompt_arg is not None,  # keywords[] join the prompt (context)
+                            tells_languages=family.says_language and family.max_tokens_arg is not None)
 
     def load(self) -> Capabilities:
         """Find the model (local directory, Hugging Face cache, else download), load, warm up."""
@@ -183,6 +186,22 @@ class MLXBackend:
         language = _code(_field(output, "language"), self.family) or options.language
         for segment in _segments(output, duration, self.family):
             yield replace(segment, language=language)
+
+    def language_of(self, audio: np.ndarray, candidates: tuple[str, ...] = ()) -> tuple[str, float] | None:
+        """The language of one stretch of speech, for rapl.pipeline.by_language: the model left to detect,
+        for LANGUAGE_TOKENS tokens only (Qwen3-ASR starts with ``language German<asr_text>``). 1.0 when it
+        named one (among ``candidates`` if given), 0.0 when it did not get that far; None for a family that
+        never names its language (the chunk is then decoded whole, as before)."""
+        if self._model is None or not self.family.says_language or self.family.max_tokens_arg is None:
+            return None
+        kwargs = self._kwargs(Options(), len(audio) / SAMPLE_RATE)
+        kwargs[self.family.max_tokens_arg] = LANGUAGE_TOKENS
+        output = self._generate(np.asarray(audio, dtype=np.float32), kwargs)
+        code = _code(_field(output, "language"), self.family)
+        text = str(_field(output, "text") or "")
+        # mlx-audio says English when the output does not start "language X<asr_text>": no answer then
+        named = code is not None and not text.lstrip().startswith("language") and (not candidates or code in candidates)
+        return (code or "", 1.0 if named else 0.0)
 
     def language_value(self, code: str | None) -> str | None:
         """The value this family's generate() takes for ISO ``code`` (None: detect).

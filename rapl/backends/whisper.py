@@ -61,7 +61,8 @@ class WhisperBackend:
                             can_translate=multilingual, can_time_words=True, segments_audio=True,
                             can_bias=True,  # keywords[] become faster-whisper's hotwords
                             can_detect_among=True,  # languages[]: detection among the given languages
-                            can_logprobs=True)  # include[]=logprobs: each text token scored by the model
+                            can_logprobs=True,  # include[]=logprobs: each text token scored by the model
+                            tells_languages=multilingual)  # language_of: an encoder pass per stretch
 
     def unload(self) -> None:
         """Drop the CTranslate2 model."""
