@@ -9,6 +9,8 @@ import sys
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import IO, Any
 
 from dotenv import dotenv_values
@@ -17,6 +19,8 @@ from flask import Flask, Request, Response, g
 from . import auth, backends, cors, encoders, errors, hosts, metrics
 from .backends import Backend
 from .forms import MAX_FIELD_BYTES, FormParser
+from .models import ModelEntry, Models, Slot
+from .models import read as read_models
 from .recording import MemoryBudget
 from .service import Transcriber
 from .settings import SPEC, Settings
@@ -39,14 +43,16 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
 
-def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend | None = None) -> Flask:
+def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend | None = None,
+               backends_by_id: Mapping[str, Backend] | None = None) -> Flask:
     """Build the app: read settings, register the API, and put the model worker on it.
 
     Only wires: nothing starts here (no thread, no model load, no logging set-up, no change to
     ``os.environ``); the entry points start the worker (``rapl.server``), and the first request
     starts it where nothing did. ``overrides`` win over the environment and `.env` (tests pass
     settings this way); ``ENV_FILE`` names the dotenv file to read (default `.env`, empty for
-    none). ``backend`` replaces the one BACKEND names (tests give a fake one).
+    none). ``backend`` replaces the one BACKEND names, ``backends_by_id`` those of MODELS_FILE's models by
+    id (tests give fake ones).
     """
     overrides = dict(overrides or {})
     env_file = str(overrides.pop("ENV_FILE", os.environ.get("ENV_FILE", ".env")))
@@ -77,17 +83,36 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend |
     app.extensions["rapl.realtime"] = Sessions(settings.REALTIME_MAX_SESSIONS, settings.REALTIME_IDLE_SECONDS,
                                                settings.REALTIME_SESSION_MINUTES * 60,
                                                settings.REALTIME_MAX_MESSAGE_MB * 2**20)
-    worker = ModelWorker(backend or backends.create(settings), settings)
-    app.extensions["rapl"] = worker
     app.extensions["rapl.decode_budget"] = MemoryBudget(settings.decode_memory)  # every request's decoded audio
-    info = {"backend": worker.backend.name, "model": backends.public_name(worker.backend.model)}
+    info = {"backend": backend.name if backend is not None else settings.BACKEND,
+            "model": backends.public_name(backend.model if backend is not None else settings.model)}
     live = app.extensions["rapl.realtime"]
-    app_metrics = metrics.Metrics(queue_depth=lambda: worker.queue_depth,
-                                  model_loaded=lambda: worker.state == "ready", info=info,
-                                  live=lambda: {**live.health(), **worker.counters})
+    pool: Models | None = None
+    app_metrics = metrics.Metrics(queue_depth=lambda: pool.waiting() if pool else 0,
+                                  model_loaded=lambda: pool is not None and pool.default.worker.state == "ready",
+                                  info=info, live=lambda: {**live.health(), **(pool.default.worker.counters
+                                                                               if pool else {})})
     metrics.register(app, app_metrics)
-    app.extensions["rapl.service"] = Transcriber(worker, Vocabulary.from_settings(settings), _diarizer(settings),
-                                                 progress=settings.PROGRESS, on_audio=app_metrics.audio_processed)
+    diarizer = _diarizer(settings)
+
+    def build(entry: ModelEntry, executor: ThreadPoolExecutor) -> Slot:
+        own = entry.settings(settings)
+        given = backend if entry is entries[0] else (backends_by_id or {}).get(entry.id)
+        model = given if given is not None else backends.create(own)
+        work = ModelWorker(model, own, executor)
+        service = Transcriber(work, Vocabulary.from_settings(own), diarizer, progress=settings.PROGRESS,
+                              on_audio=app_metrics.audio_processed)
+        return Slot(entry, work, service)
+
+    entries = (read_models(settings.MODELS_FILE, settings) if settings.MODELS_FILE else
+               [ModelEntry(id=backends.public_name(backend.model if backend is not None else settings.model),
+                           backend=settings.BACKEND, model=settings.model)])
+    if backend is not None and not entries[0].line:  # the .env model, given: named after what it is
+        entries[0] = replace(entries[0], id=backends.public_name(backend.model))
+    pool = Models(entries, build, settings.MAX_LOADED_MODELS, settings.STRICT_MODELS)
+    app.extensions["rapl.models"] = pool
+    app.extensions["rapl"] = pool.default.worker  # the .env model's: started with the server
+    app.extensions["rapl.service"] = pool.default.service
     log.info("RAPL %s: backend %s, model %s", __version__, settings.BACKEND, settings.model)
     return app
 

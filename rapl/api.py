@@ -9,14 +9,15 @@ import queue
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import IO, Any
 
 import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import audio, formats, openapi, params, request_id
-from .backends import public_name
 from .errors import APIError, Overloaded, RaplError, as_api, status_of
+from .models import ModelEntry, Models, Slot
 from .recording import MemoryBudget, Recording, duration
 from .service import Job, Transcriber
 from .speakers import MAX_REFERENCE_SECONDS, MIN_REFERENCE_SECONDS
@@ -48,6 +49,11 @@ def transcriber() -> Transcriber:
     return current_app.extensions["rapl.service"]
 
 
+def models() -> Models:
+    """The app's models (one, or those MODELS_FILE lists)."""
+    return current_app.extensions["rapl.models"]
+
+
 def decode_budget() -> MemoryBudget:
     """The app's budget for decoded audio, shared by every request (DECODE_MEMORY_MB)."""
     return current_app.extensions["rapl.decode_budget"]
@@ -77,7 +83,9 @@ def _transcribe(task: str) -> Response:
     stats: dict[str, Any] = {"id": request_id(), "task": task}
     g.rapl_stats = stats
     req = params.parse(request.form, task)
-    work, service = worker(), transcriber()
+    slot = models().pick(req.model)  # the model the request names (else the default), room made for it
+    work, service = slot.worker, slot.service
+    req = _with_defaults(req, slot.entry)
     settings = current_app.config["RAPL_SETTINGS"]
     upload = _upload()
     work.check_room()  # a full queue answers 429 before the upload is decoded
@@ -94,7 +102,7 @@ def _transcribe(task: str) -> Response:
         connected = request.environ.get("waitress.client_disconnected")
         job = Job(pcm, req, label=stats["id"], known=known, stats=stats,
                   is_connected=(lambda: not connected()) if callable(connected) else None)
-        headers = {"x-rapl-model": public_name(work.backend.model)}
+        headers = {"x-rapl-model": slot.entry.id}
         if req.stream:
             stats["stream"] = True
             response = _streaming(lambda on_segment: _released_when_done(service.start(job, on_segment), pcm),
@@ -108,6 +116,16 @@ def _transcribe(task: str) -> Response:
     headers["openai-processing-ms"] = str(round((time.perf_counter() - started) * 1000))
     headers["Server-Timing"] = server_timing(stats)
     return _respond(result, req, headers)
+
+
+def _with_defaults(req: params.AudioRequest, entry: ModelEntry) -> params.AudioRequest:
+    """``req`` with its model's defaults (MODELS_FILE: language, prompt) where the request left them out."""
+    options = req.options
+    if entry.language and options.language is None and not options.candidates and options.task == "transcribe":
+        options = replace(options, language=entry.language)
+    if entry.prompt and options.prompt is None:
+        options = replace(options, prompt=entry.prompt)
+    return req if options is req.options else replace(req, options=options)
 
 
 def _released_when_done(future: Future[Transcription], recording: Recording) -> Future[Transcription]:
@@ -262,40 +280,73 @@ def translations() -> Response:
     return _handle("translate")
 
 
-def _model_card(model_id: str, work: ModelWorker) -> dict[str, Any]:
-    loaded = public_name(work.backend.model)
+def _model_card(model_id: str, slot: Slot) -> dict[str, Any]:
+    work = slot.worker
+    status = work.state if work.loaded is not None else "unloaded"  # not loaded yet: on first use
     card = {"id": model_id, "object": "model", "created": int(current_app.config["RAPL_STARTED"]),
-            "owned_by": "rapl", "backend": work.backend.name, "status": work.state,
-            "loaded": work.state == "ready"}
-    if model_id != loaded:
-        card["root"] = loaded  # an OpenAI name this server answers to with its one model
+            "owned_by": "rapl", "backend": work.backend.name, "status": status, "loaded": status == "ready"}
+    if model_id != slot.entry.id:
+        card["root"] = slot.entry.id  # an alias, or an OpenAI name the default model answers to
     return card
 
 
-def _model_ids(work: ModelWorker) -> list[str]:
-    loaded = public_name(work.backend.model)
-    return [loaded, *(name for name in OPENAI_MODELS if name != loaded)]
+def _named() -> dict[str, Slot]:
+    """Every name this server answers to in /v1/models: each model's id and aliases, then the OpenAI names
+    the default model answers (all names answer when STRICT_MODELS is off; only these are listed)."""
+    pool = models()
+    named = dict(pool.names())
+    if not pool.strict:
+        named.update({name: pool.default for name in OPENAI_MODELS if name not in named})
+    return named
 
 
 def list_models() -> Response:
-    """GET /v1/models: the loaded model, then the OpenAI names it answers to (all served by it)."""
-    work = worker()
-    return jsonify({"object": "list", "data": [_model_card(i, work) for i in _model_ids(work)]})
+    """GET /v1/models: every model and alias, whether each is loaded, and the OpenAI names."""
+    return jsonify({"object": "list", "data": [_model_card(name, slot) for name, slot in _named().items()]})
+
+
+def _slot(model_id: str) -> Slot:
+    named = _named()
+    if model_id not in named:
+        raise APIError(f"The model '{model_id}' does not exist here. This server answers to "
+                       f"{', '.join(named)}.", 404, param="model", code="model_not_found")
+    return named[model_id]
 
 
 def get_model(model_id: str) -> Response:
-    """GET /v1/models/<id>: the loaded model or one of the OpenAI names it answers to."""
-    work = worker()
-    if model_id not in _model_ids(work):
-        raise APIError(f"The model '{model_id}' does not exist here. This server answers to "
-                       f"{', '.join(_model_ids(work))} (any name in a transcription request selects "
-                       "the loaded model).", 404, param="model", code="model_not_found")
-    return jsonify(_model_card(model_id, work))
+    """GET /v1/models/<id>: one model, alias or OpenAI name this server answers to."""
+    return jsonify(_model_card(model_id, _slot(model_id)))
+
+
+def load_model(model_id: str) -> Response:
+    """POST /v1/models/<id>/load: load a model now (room made as for a request); 503 if it cannot load."""
+    slot = _slot(model_id)
+    models().use(slot)
+    slot.worker.ensure_loaded()
+    return jsonify(_model_card(model_id, slot))
+
+
+def unload_model(model_id: str) -> Response:
+    """DELETE /v1/models/<id>: unload a model after the jobs already queued for it; the next request reloads."""
+    slot = _slot(model_id)
+    slot.worker.unload_soon()
+    return jsonify(_model_card(model_id, slot))
 
 
 def health() -> Response:
     """GET /health: loading, ready, unloaded or failed, with backend, model and queue depth."""
-    body = worker().health()
+    work = worker()
+    if work.loaded is not None:
+        work.retry_if_due()  # a failed load is tried again after its back-off, traffic or not
+    body = work.health()
+    pool = models()
+    if pool.several:  # each model: its state, when it was last asked for, how often, how long it took to load
+        now = time.monotonic()
+        body["models"] = [{"id": slot.entry.id, "backend": slot.entry.backend, "aliases": list(slot.entry.aliases),
+                           "status": slot.worker.state if slot.worker.loaded is not None else "unloaded",
+                           "requests": slot.requests, "load_seconds": slot.worker.load_seconds,
+                           "idle_seconds": round(now - slot.last_used, 1) if slot.last_used else None}
+                          for slot in pool.slots.values()]
     live = current_app.extensions.get("rapl.realtime")
     if live is not None:
         body.update(live.health())
@@ -309,6 +360,8 @@ for _i, _prefix in enumerate(PREFIXES):
     bp.add_url_rule(f"{_prefix}/audio/transcriptions", f"transcriptions{_i}", transcriptions, methods=["POST"])
     bp.add_url_rule(f"{_prefix}/audio/translations", f"translations{_i}", translations, methods=["POST"])
     bp.add_url_rule(f"{_prefix}/models", f"models{_i}", list_models, methods=["GET"])
+    bp.add_url_rule(f"{_prefix}/models/<path:model_id>/load", f"load{_i}", load_model, methods=["POST"])
     bp.add_url_rule(f"{_prefix}/models/<path:model_id>", f"model{_i}", get_model, methods=["GET"])
+    bp.add_url_rule(f"{_prefix}/models/<path:model_id>", f"unload{_i}", unload_model, methods=["DELETE"])
 bp.add_url_rule("/health", "health", health, methods=["GET"])
 bp.add_url_rule("/openapi.json", "openapi", lambda: jsonify(openapi.spec()), methods=["GET"])

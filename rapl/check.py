@@ -60,10 +60,15 @@ def run(env_file: str | None) -> int:
         report.ok("settings", f"BACKEND={settings.BACKEND}, model {settings.model}, "
                   f"{'read ' + env_file if env_file else 'no .env file read'}")
     check_decoder(report)
+    models_failed = False
     if settings is not None:
         if check_backend(report, settings):
             check_model(report, settings)
         check_port(report, settings)
+        models_failed = not check_models_file(report, settings)
+    if models_failed:
+        print(f"\n{report.failures} check{'s' if report.failures != 1 else ''} failed (the models file).", flush=True)
+        return 2
     if report.failures:
         print(f"\n{report.failures} check{'s' if report.failures != 1 else ''} failed.", flush=True)
         return 1
@@ -94,6 +99,23 @@ def _pyav_samples(data: bytes) -> int:
     with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.audio[0]
         return sum(frame.samples for frame in container.decode(stream))
+
+
+def check_models_file(report: Report, settings: Settings) -> bool:
+    """MODELS_FILE, when set, reads and holds valid models: one FAIL line per problem; False if any."""
+    if not settings.MODELS_FILE:
+        return True
+    from .models import ModelsFileError, read
+
+    try:
+        entries = read(settings.MODELS_FILE, settings)
+    except ModelsFileError as exc:
+        for problem in str(exc).splitlines():
+            report.fail("models", problem)
+        return False
+    report.ok("models", f"{settings.MODELS_FILE}: {', '.join(e.id for e in entries)} "
+              f"(default {entries[0].id}; at most {settings.MAX_LOADED_MODELS} loaded)")
+    return True
 
 
 def check_decoder(report: Report) -> None:

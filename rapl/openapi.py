@@ -75,11 +75,24 @@ def spec() -> dict[str, Any]:
         "paths": {
             "/v1/audio/transcriptions": _transcription_op("Transcribe audio", True),
             "/v1/audio/translations": _transcription_op("Translate audio into English text", False),
-            "/v1/models": {"get": {"summary": "List the loaded model", "responses": {
+            "/v1/models": {"get": {"summary": "List the models, their aliases and the OpenAI names", "responses": {
                 "200": {"description": "Models", "content": {"application/json": {"schema": {
                     "type": "object", "properties": {"object": {"const": "list"},
                                                      "data": {"type": "array", "items": model}}}}}},
                 **_error_responses(401)}}},
+            "/v1/models/{model_id}": {
+                "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": {"summary": "One model", "responses": {
+                    "200": {"description": "The model", "content": {"application/json": {"schema": model}}},
+                    **_error_responses(401, 404)}},
+                "delete": {"summary": "Unload a model (the next request loads it again)", "responses": {
+                    "200": {"description": "Unloading", "content": {"application/json": {"schema": model}}},
+                    **_error_responses(401, 404)}}},
+            "/v1/models/{model_id}/load": {
+                "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "post": {"summary": "Load a model now (the least recently used one may be unloaded)", "responses": {
+                    "200": {"description": "Loaded", "content": {"application/json": {"schema": model}}},
+                    **_error_responses(401, 404, 503)}}},
             "/v1/realtime": {"get": {
                 "summary": "Live transcription: OpenAI's Realtime protocol over a WebSocket (Upgrade: websocket)",
                 "parameters": [{"name": "intent", "in": "query", "required": False,

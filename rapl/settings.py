@@ -140,6 +140,12 @@ SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
     "BACKEND": ("sensevoice", _choice(BACKENDS), f"Speech-to-text backend: {', '.join(BACKENDS[:-1])} or "
                 f"{BACKENDS[-1]}."),
     "LOCAL_MODEL": ("", _text, "Model: a hub id or a local directory; empty picks the backend's default."),
+    "MODELS_FILE": ("", _text, "TOML file of more models clients choose by the request's model field "
+                    "(see config/models.toml.example); empty: the BACKEND + LOCAL_MODEL one only."),
+    "MAX_LOADED_MODELS": ("1", _int(1, 64), "Models kept loaded at once; the least recently used idle one is "
+                          "unloaded to make room."),
+    "STRICT_MODELS": ("false", _bool, "Answer 404 model_not_found to a model name the server does not know "
+                      "(else the BACKEND + LOCAL_MODEL model answers it): true or false."),
     "DEVICE": ("auto", _device, "Where the model runs: auto, cpu, cuda, cuda:N or mps."),
     "HOST": ("127.0.0.1", _text, "Address RAPL listens on (both launchers); keep 127.0.0.1 unless you set API_KEY."),
     "PORT": ("8000", _int(1, 65535), "Port RAPL listens on (python -m rapl and waitress-serve wsgi:app)."),
@@ -192,6 +198,9 @@ class Settings:
 
     BACKEND: str
     LOCAL_MODEL: str
+    MODELS_FILE: str
+    MAX_LOADED_MODELS: int
+    STRICT_MODELS: bool
     DEVICE: str
     HOST: str
     PORT: int

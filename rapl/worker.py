@@ -72,7 +72,7 @@ def _looks_offline(exc: BaseException | None) -> bool:
 class ModelWorker:
     """Owns the backend and the one-thread executor that alone touches the model."""
 
-    def __init__(self, backend: Backend, settings: Settings) -> None:
+    def __init__(self, backend: Backend, settings: Settings, executor: ThreadPoolExecutor | None = None) -> None:
         self.backend = backend
         self.segmenter = Segmenter(settings)
         self.settings = settings
@@ -80,9 +80,12 @@ class ModelWorker:
         self.capabilities = Capabilities()  # what the loaded model can do (set by each load)
         self.error: str | None = None  # the library's own words, when loading failed
         self.problem = ""  # what failed and what to do, when loading failed
+        self.load_seconds: float | None = None  # how long the last load took
         self._failures = 0
         self._retry_at = 0.0
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapl-model")
+        # the one model thread; with several models (rapl.models) they all share one
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapl-model")
+        self.waiting_everywhere: Callable[[], int] = lambda: self._waiting  # MAX_QUEUE counts all models
         self._lock = threading.Lock()
         self._waiting = 0
         self._tickets = 0  # arrival order, checked when each job starts
@@ -120,7 +123,8 @@ class ModelWorker:
         self.state = "ready"
         self.error = None
         self._failures = 0
-        log.info("model %s ready in %.1f s", self.backend.model, time.perf_counter() - started)
+        self.load_seconds = round(time.perf_counter() - started, 2)
+        log.info("model %s ready in %.1f s", self.backend.model, self.load_seconds)
 
     def _idle(self, seconds: float | None = None) -> bool:
         """Loaded, nothing running or waiting, and no job for ``seconds`` (MODEL_IDLE_UNLOAD)."""
@@ -152,9 +156,23 @@ class ModelWorker:
         if heap.trim():
             self.counters["heap_trims"] += 1
 
-    def _unload(self) -> None:
+    def unload_soon(self) -> None:
+        """Unload the model on the model thread after the jobs already queued (to make room for another
+        model, or asked over the API); a request that comes later loads it again."""
         with self._lock:
-            if not self._idle():  # a request came in meanwhile
+            if self.loaded is None or self.state not in ("ready", "loading"):
+                return
+            self.state = "unloading"
+            try:
+                self.executor.submit(self._unload, True)
+            except RuntimeError:  # the executor was shut down: the server is stopping
+                pass
+
+    def _unload(self, force: bool = False) -> None:
+        with self._lock:
+            if not force and not self._idle():  # a request came in meanwhile
+                return
+            if force and self.state == "failed":
                 return
             self.state = "unloading"
         from .backends import free_memory
@@ -166,8 +184,11 @@ class ModelWorker:
             self.counters["unloads"] += 1
             if self.state == "unloading":  # else a request has already queued the reload
                 self.state = "unloaded"
-        log.info("model %s unloaded after %d s idle; the next request reloads it",
-                 self.backend.model, self.settings.MODEL_IDLE_UNLOAD)
+        if force:
+            log.info("model %s unloaded; the next request reloads it", public_name(self.backend.model))
+        else:
+            log.info("model %s unloaded after %d s idle; the next request reloads it",
+                     self.backend.model, self.settings.MODEL_IDLE_UNLOAD)
 
     def _failed(self, exc: BaseException) -> None:
         self._failures += 1
@@ -186,6 +207,15 @@ class ModelWorker:
         request after its back-off (MODEL_RETRY_SECONDS, doubling up to 10 minutes).
         """
         self.start()  # under a WSGI server that is not RAPL's own, the first request starts the model
+        self.retry_if_due()
+        assert self.loaded is not None
+        self.loaded.result()
+        if self.state == "failed":
+            raise self.unavailable()
+
+    def retry_if_due(self) -> None:
+        """Load a model that failed to load again once its back-off has passed (a request or /health asks:
+        a load balancer's health check brings a failed server back without sending it traffic)."""
         with self._lock:
             if self.state == "failed" and time.monotonic() >= self._retry_at:
                 try:
@@ -194,10 +224,6 @@ class ModelWorker:
                     log.info("trying to load model %s again", self.backend.model)
                 except RuntimeError:  # the executor was shut down: the server is stopping
                     raise _stopping() from None
-        assert self.loaded is not None
-        self.loaded.result()
-        if self.state == "failed":
-            raise self.unavailable()
 
     def check(self, options: Options) -> None:
         """Refuse (400, naming the parameter) what the loaded model cannot do."""
@@ -205,7 +231,12 @@ class ModelWorker:
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting for the model (not counting the one running)."""
+        """Requests waiting for the model thread (not counting the one running), every model's together."""
+        return self.waiting_everywhere()
+
+    @property
+    def own_waiting(self) -> int:
+        """Requests waiting for this model."""
         return self._waiting
 
     def unavailable(self) -> Unavailable:
@@ -296,9 +327,10 @@ class ModelWorker:
             self._refuse_when_full()
 
     def _refuse_when_full(self) -> None:
-        if self._waiting >= self.settings.MAX_QUEUE:
+        waiting = self.waiting_everywhere()
+        if waiting >= self.settings.MAX_QUEUE:
             self.counters["rejected_busy"] += 1
-            raise Busy(f"The server is busy: {self._waiting} requests are waiting for the model. Retry shortly.",
+            raise Busy(f"The server is busy: {waiting} requests are waiting for the model. Retry shortly.",
                        code="server_busy", retry_after=1)
 
     def withdraw(self, future: Future[Any]) -> bool:
