@@ -91,7 +91,8 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend |
     app_metrics = metrics.Metrics(queue_depth=lambda: pool.waiting() if pool else 0,
                                   model_loaded=lambda: pool is not None and pool.default.worker.state == "ready",
                                   info=info, live=lambda: {**live.health(), **(pool.default.worker.counters
-                                                                               if pool else {})})
+                                                                               if pool else {})},
+                                  models=lambda: pool.describe() if pool else [])
     metrics.register(app, app_metrics)
     diarizer = _diarizer(settings)
 

@@ -341,12 +341,7 @@ def health() -> Response:
     body = work.health()
     pool = models()
     if pool.several:  # each model: its state, when it was last asked for, how often, how long it took to load
-        now = time.monotonic()
-        body["models"] = [{"id": slot.entry.id, "backend": slot.entry.backend, "aliases": list(slot.entry.aliases),
-                           "status": slot.worker.state if slot.worker.loaded is not None else "unloaded",
-                           "requests": slot.requests, "load_seconds": slot.worker.load_seconds,
-                           "idle_seconds": round(now - slot.last_used, 1) if slot.last_used else None}
-                          for slot in pool.slots.values()]
+        body["models"] = pool.describe()
     live = current_app.extensions.get("rapl.realtime")
     if live is not None:
         body.update(live.health())

@@ -253,6 +253,29 @@ def models() -> int:
               "first start, or point LOCAL_MODEL at a local model directory (see `rapl check`).")
     else:
         print("\n* = the configured model")
+    if settings is not None and settings.MODELS_FILE:
+        return _models_file(settings)
+    return 0
+
+
+def _models_file(settings: Settings) -> int:
+    """The models MODELS_FILE lists, each with whether it is cached here; 2 when the file is invalid."""
+    from . import store
+    from .backends import SPECS
+    from .models import ModelsFileError, read
+
+    try:
+        entries = read(settings.MODELS_FILE, settings)
+    except ModelsFileError as exc:
+        print(f"\nMODELS_FILE is invalid:\n{exc}", flush=True)
+        return 2
+    print(f"\nModels ({settings.MODELS_FILE}; at most {settings.MAX_LOADED_MODELS} loaded at once; the first "
+          "is the default):")
+    for entry in entries:
+        found = store.cached(SPECS[entry.backend], entry.model)
+        where = "not cached: downloaded on first use" if found is None else found.source
+        aliases = f" (also {', '.join(entry.aliases)})" if entry.aliases else ""
+        print(f"  {entry.id}{aliases}: {entry.backend} {entry.model}  [{where}]")
     return 0
 
 

@@ -182,9 +182,10 @@ class LiveSession:
     """One client's session: its configuration, its input buffer and its turns."""
 
     def __init__(self, service: Transcriber, budget: MemoryBudget, max_seconds: float, emit: Emit,
-                 max_chunk: int, expires_at: int) -> None:
+                 max_chunk: int, expires_at: int, pick: Callable[[str], Any] | None = None) -> None:
         self.service = service
         self.worker = service.worker
+        self.pick = pick  # transcription.model -> the model (rapl.models.Models.pick), as a REST request's
         self.budget = budget
         self.max_seconds = max_seconds
         self.emit_event = emit
@@ -267,11 +268,28 @@ class LiveSession:
     def _update(self, event: dict[str, Any]) -> None:
         beta = event["type"] == "transcription_session.update"
         config, request = updated(self.config, event.get("session"), beta)
+        if self.pick is not None and config.model != self.config.model:
+            self._choose(config.model)
         request = self.service.prepare(request)  # what the loaded model cannot do: refused now, naming it
         if (config.format, config.input_rate) != (self.config.format, self.config.input_rate):
             self._resampler = None
         self.config, self.request = config, request
         self.emit("transcription_session.updated" if beta else "session.updated", session=self._shown())
+
+    def _choose(self, name: str) -> None:
+        """Transcribe with the model ``name`` chooses (an id or alias; else the default), from the next turn:
+        between turns only, since a turn's drafts and final belong to one model."""
+        assert self.pick is not None
+        slot = self.pick(name)
+        if slot.service is self.service:
+            return
+        if self.turn is not None or self.finals:
+            raise ConfigError("The model of a live session can change only between turns: commit or clear the "
+                              "audio buffer, and wait for its transcript, first.", "session.audio.input.transcription"
+                              ".model", "model_change_mid_turn")
+        slot.worker.ensure_loaded()  # as a REST request does: a loading model is waited for, a failed one is 503
+        self.worker.withdraw_partial(self)
+        self.service, self.worker = slot.service, slot.worker
 
     def _append(self, event: dict[str, Any]) -> None:
         audio = event.get("audio")

@@ -34,7 +34,8 @@ class Metrics:
                  model_loaded: Callable[[], bool] | None = None,
                  info: Mapping[str, str] | None = None,
                  buckets: tuple[float, ...] = LATENCY_BUCKETS,
-                 live: Callable[[], Mapping[str, float]] | None = None) -> None:
+                 live: Callable[[], Mapping[str, float]] | None = None,
+                 models: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter("rapl_requests", "HTTP requests answered, by endpoint and status code.",
                                 ("endpoint", "status"), registry=self.registry)
@@ -54,6 +55,8 @@ class Metrics:
             Info("rapl", "The backend and model this server runs.", registry=self.registry).info(dict(info))
         if live is not None:
             self.registry.register(_LiveCollector(live))
+        if models is not None:
+            self.registry.register(_ModelsCollector(models))
 
     def request_done(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request and record how long it took."""
@@ -101,6 +104,37 @@ class _LiveCollector:
             yield GaugeMetricFamily(name, doc, value=float(values.get(key, 0)))
         for name, (key, doc) in self.COUNTERS.items():
             yield CounterMetricFamily(name, doc, value=float(values.get(key, 0)))
+
+
+class _ModelsCollector:
+    """Each model of the server (rapl.models.Models.describe), labelled by its id, read when scraped."""
+
+    def __init__(self, read: Callable[[], list[dict[str, Any]]]) -> None:
+        self.read = read
+
+    def collect(self) -> Any:
+        """One sample per model in each family (nothing if the app cannot say)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        try:
+            models = self.read()
+        except Exception:  # noqa: BLE001 - a scrape never fails
+            return
+        ready = GaugeMetricFamily("rapl_model_ready", "1 when the model is loaded and ready, by model.",
+                                  labels=["model"])
+        requests = CounterMetricFamily("rapl_model_requests", "Requests (REST and live sessions) that chose the model.",
+                                       labels=["model"])
+        load = GaugeMetricFamily("rapl_model_load_seconds", "How long the model's last load took.", labels=["model"])
+        idle = GaugeMetricFamily("rapl_model_idle_seconds", "Seconds since a request last chose the model.",
+                                 labels=["model"])
+        for model in models:
+            ready.add_metric([model["id"]], 1.0 if model["status"] == "ready" else 0.0)
+            requests.add_metric([model["id"]], float(model["requests"]))
+            if model["load_seconds"] is not None:
+                load.add_metric([model["id"]], float(model["load_seconds"]))
+            if model["idle_seconds"] is not None:
+                idle.add_metric([model["id"]], float(model["idle_seconds"]))
+        yield from (ready, requests, load, idle)
 
 
 class _NullMetrics:

@@ -259,6 +259,15 @@ class Models:
         worker = slot.worker
         return worker.loaded is not None and worker.state in ("ready", "loading")
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each model as /health and /metrics show it: state, requests, load time, idle time."""
+        now = time.monotonic()
+        return [{"id": slot.entry.id, "backend": slot.entry.backend, "aliases": list(slot.entry.aliases),
+                 "status": slot.worker.state if slot.worker.loaded is not None else "unloaded",
+                 "requests": slot.requests, "load_seconds": slot.worker.load_seconds,
+                 "idle_seconds": round(now - slot.last_used, 1) if slot.last_used else None}
+                for slot in self.slots.values()]
+
     def waiting(self) -> int:
         """Requests waiting for the model thread, every model together (MAX_QUEUE bounds this)."""
         return sum(s.worker.own_waiting for s in self.slots.values())

@@ -179,9 +179,10 @@ class Connection:
     def _serve(self) -> None:
         settings = self.app.config["RAPL_SETTINGS"]
         expires = int(time.time() + self.registry.max_seconds)
+        pool = self.app.extensions["rapl.models"]
         self.live = LiveSession(self.app.extensions["rapl.service"], self.app.extensions["rapl.decode_budget"],
                                 settings.MAX_AUDIO_SECONDS, self._send_event,
-                                settings.MAX_CHUNK_SECONDS * 16000, expires)
+                                settings.MAX_CHUNK_SECONDS * 16000, expires, pick=pool.pick if pool.several else None)
         self.live.start()
         self._flush()
         while not self._ended():

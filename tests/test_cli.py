@@ -307,3 +307,18 @@ def test_check_still_fails_on_a_port_taken_by_another_http_server(whisper_model:
         other.shutdown()
         other.server_close()
     assert check.returncode == 1 and f"FAIL  port: 127.0.0.1:{other.server_port} is already in use" in check.stdout
+
+
+def test_models_lists_the_models_file_and_what_is_cached(tmp_path: Path, tiny_sensevoice: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models.chinese]\nbackend = "sensevoice"\nmodel = "{tiny_sensevoice}"\naliases = ["x-1"]\n'
+                      '[models.big]\nbackend = "whisper"\nmodel = "Systran/faster-whisper-large-v3"\n')
+    proc = rapl("models", MODELS_FILE=str(models), HF_HUB_CACHE=str(tmp_path / "none"),
+                MODELSCOPE_CACHE=str(tmp_path / "none2"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "chinese (also x-1): sensevoice" in proc.stdout and "[local directory]" in proc.stdout
+    assert "big: whisper Systran/faster-whisper-large-v3  [not cached: downloaded on first use]" in proc.stdout
+    assert "iic/SenseVoiceSmall: sensevoice iic/SenseVoiceSmall" in proc.stdout  # the .env model, first
+    models.write_text('[models.bad]\nbackend = "nope"\n')
+    bad = rapl("models", MODELS_FILE=str(models), timeout=120)
+    assert bad.returncode == 2 and "backend='nope' is invalid" in bad.stdout

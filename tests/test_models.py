@@ -235,3 +235,51 @@ def test_health_tries_a_failed_load_again_after_its_back_off(fake_serve: Callabl
         http.get("/health")  # due: the load is queued
         assert server.wait_loaded(timeout=10) == "ready" and http.get("/health").status_code == 200
     assert backend.loads == 2
+
+
+def test_a_live_session_chooses_its_model_as_rest_does(tmp_path: Path, spoken_sentences: Any) -> None:
+    """transcription.model picks the model as a REST request's model does; a change waits for the turn's end."""
+    from support.realtime import COMPLETED, open_session, pcm16
+    from support.server import LiveServer
+    from support.speech import build_recording
+
+    fakes = {"main": FakeBackend("main-fake"), "fast": FakeBackend("tiny-fake"), "big": FakeBackend("big-fake")}
+    app = create_app({"ENV_FILE": "", "PROGRESS": "false", "MODELS_FILE": str(_file(tmp_path, MODELS))},
+                     backend=fakes["main"], backends_by_id=fakes)
+    server = LiveServer(app)
+    try:
+        server.wait_loaded(timeout=30)
+        speech, _ = build_recording(spoken_sentences[:1], [0.3])
+        ws, client, _ = open_session(server.ws_url)
+        with ws:
+            client.configure(format={"type": "audio/pcm", "rate": 16000}, transcription={"model": "whisper-1"},
+                             turn_detection=None)
+            client.append(pcm16(speech))
+            client.commit()
+            client.until(COMPLETED)
+            assert [c.options.draft for c in fakes["big"].calls][-1] is False  # the final, by whisper-1's model
+            assert fakes["main"].calls == [] or all(c.options.draft for c in fakes["main"].calls)
+            client.append(pcm16(speech[:16000]))
+            client.send("session.update", session={"type": "transcription", "audio": {"input": {
+                "transcription": {"model": "fast"}}}})
+            refused = client.until(lambda e: e["type"] in ("error", "session.updated"))[-1]
+            assert refused["type"] == "error" and refused["error"]["code"] == "model_change_mid_turn", refused
+            client.send("input_audio_buffer.clear")
+            client.until("input_audio_buffer.cleared")
+            client.configure(transcription={"model": "fast"})
+            client.append(pcm16(speech))
+            client.commit()
+            client.until(COMPLETED)
+            assert fakes["fast"].calls and fakes["fast"].calls[-1].options.draft is False
+    finally:
+        server.close()
+
+
+def test_metrics_show_each_model(several: Callable[..., Any]) -> None:
+    server, _ = several()
+    assert _post(server, "fast").status_code == 200
+    with server.http() as http:
+        text = http.get("/metrics").text
+    assert 'rapl_model_ready{model="fast"} 1.0' in text and 'rapl_model_ready{model="big"} 0.0' in text
+    assert 'rapl_model_requests_total{model="fast"} 1.0' in text
+    assert 'rapl_model_load_seconds{model="main-fake"}' in text

@@ -299,3 +299,26 @@ def test_a_model_that_failed_to_load_shows_what_to_do_not_the_exception(serve: C
     assert banner.startswith("The model could not be loaded. The fake model in ") and "Fix:" in banner
     assert "Unable to open file" not in banner and "OSError" not in banner and "Detail" not in banner
     assert "OSError: Unable to open file 'model.bin'" in (page.get_attribute("#health-error", "title") or "")
+
+
+def test_the_page_chooses_among_several_models(serve: Callable[..., Server], whisper_model: str,
+                                               tiny_sensevoice: Path, open_page: Callable[..., Watch], jfk: Path,
+                                               tmp_path: Path) -> None:
+    """With MODELS_FILE the page offers each model (the default first) and sends the one chosen."""
+    models = tmp_path / "models.toml"
+    models.write_text(f'[models.chinese]\nbackend = "sensevoice"\nmodel = "{tiny_sensevoice}"\n')
+    server = start(serve, {"BACKEND": "whisper", "LOCAL_MODEL": whisper_model, "MODELS_FILE": str(models)})
+    pool = server.app.extensions["rapl.models"]
+    watch = open_page(server)
+    page = watch.page
+    page.wait_for_selector("#model-field:not([hidden])")
+    offered = page.eval_on_selector_all("#model option", "options => options.map(o => o.value)")
+    assert offered == [pool.default.entry.id, "chinese"]
+    page.set_input_files("#file", str(jfk))
+    assert wait_job(page)[0] == "done"
+    assert_jfk(page.inner_text("#output"))  # the default: Whisper tiny.en
+    page.select_option("#model", "chinese")
+    page.click("#again")
+    assert wait_job(page)[0] == "done"
+    assert pool.slots["chinese"].requests == 1 and norm(page.inner_text("#output")) != norm(JFK_TEXT)
+    assert watch.errors == []

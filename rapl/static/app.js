@@ -15,6 +15,7 @@
     dropzone: $("dropzone"), file: $("file"), record: $("record"), recordLabel: $("record-label"),
     recordTime: $("record-time"), micNote: $("mic-note"), live: $("live"), liveLabel: $("live-label"),
     language: $("language"), format: $("format"), again: $("again"),
+    model: $("model"), modelField: $("model-field"),
     keyForm: $("key-form"), keyMessage: $("key-message"), apiKey: $("api-key"),
     keySet: $("key-set"), forgetKey: $("forget-key"),
     job: $("job"), output: $("output"), copy: $("copy"),
@@ -133,6 +134,23 @@
     if (el.language.selectedOptions[0]?.disabled) el.language.value = "";
   }
 
+  /** With several models (MODELS_FILE), offer each; the first is the server's default. */
+  function offerModels(models) {
+    const ids = models.map((m) => String(m.id));
+    const shown = Array.from(el.model.options, (o) => o.value);
+    if (ids.join("\n") !== shown.join("\n")) {
+      const chosen = el.model.value;
+      el.model.replaceChildren(...models.map((m) => {
+        const option = document.createElement("option");
+        option.value = String(m.id);
+        option.textContent = `${m.id} (${m.backend})`;
+        return option;
+      }));
+      if (ids.includes(chosen)) el.model.value = chosen;
+    }
+    el.modelField.hidden = models.length < 2;
+  }
+
   function showHealth(body) {
     const status = body.status || "unknown";
     el.health.dataset.state = status;
@@ -144,6 +162,7 @@
     el.healthError.textContent = body.error ? `The model could not be loaded. ${body.error}` : "";
     el.healthError.title = body.detail ? `Detail: ${body.detail}` : "";
     if (Array.isArray(body.languages)) offerLanguages(body.languages);
+    if (Array.isArray(body.models)) offerModels(body.models);
     if (typeof body.queue_depth === "number") {
       el.healthQueue.hidden = false;
       el.healthQueue.textContent = `Queue: ${body.queue_depth}`;
@@ -217,7 +236,8 @@
   function formData(blob, name, fields) {
     const form = new FormData();
     form.append("file", blob, name);
-    form.append("model", "gpt-4o-transcribe"); // any name but whisper-1 streams (OpenAI's rule)
+    // the chosen model (several models), else any name but whisper-1, which streams (OpenAI's rule)
+    form.append("model", !el.modelField.hidden && el.model.value ? el.model.value : "gpt-4o-transcribe");
     for (const [key, value] of Object.entries(fields)) {
       if (value !== "" && value !== null && value !== undefined) form.append(key, value);
     }
@@ -822,6 +842,10 @@
   });
   el.language.addEventListener("change", () => {
     if (state.audio && !state.controller) setJob("Press Transcribe again to use the new language.", "");
+  });
+  el.model.addEventListener("change", () => {
+    state.cache.clear();  // what was saved came from another model
+    if (state.audio && !state.controller) setJob("Press Transcribe again to use the new model.", "");
   });
 
   renderSnippets();
