@@ -110,7 +110,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend |
                            backend=settings.BACKEND, model=settings.model)])
     if backend is not None and not entries[0].line:  # the .env model, given: named after what it is
         entries[0] = replace(entries[0], id=backends.public_name(backend.model))
-    pool = Models(entries, build, settings.MAX_LOADED_MODELS, settings.STRICT_MODELS)
+    pool = Models(entries, build, settings.MAX_LOADED_MODELS, settings.STRICT_MODELS, settings.MODEL_MEMORY_MB)
     app.extensions["rapl.models"] = pool
     app.extensions["rapl"] = pool.default.worker  # the .env model's: started with the server
     app.extensions["rapl.service"] = pool.default.service

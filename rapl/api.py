@@ -16,7 +16,7 @@ import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import audio, formats, openapi, params, request_id
-from .errors import APIError, Overloaded, RaplError, as_api, status_of
+from .errors import APIError, Overloaded, RaplError, Unavailable, as_api, status_of
 from .models import ModelEntry, Models, Slot
 from .recording import MemoryBudget, Recording, duration
 from .service import Job, Transcriber
@@ -35,6 +35,8 @@ PREFIXES = ("/v1", "", "/v1/v1")
 OPENAI_MODELS = ("whisper-1", "gpt-transcribe", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
                  "gpt-4o-mini-transcribe-2025-12-15", "gpt-4o-transcribe-diarize", "gpt-live-transcribe",
                  "gpt-realtime-whisper")
+DOWNLOAD_ANSWER_SECONDS = 1.0  # a download's POST waits this long, so a cached or unreachable model answers at once
+MODEL_DOWNLOAD_RETRY = 60  # Retry-After of a download that failed
 # A body this large is trimmed from the heap once the model is idle (rapl.heap keeps freed memory).
 TRIM_BODY_BYTES = 32 * 2**20
 
@@ -287,6 +289,12 @@ def _model_card(model_id: str, slot: Slot) -> dict[str, Any]:
             "owned_by": "rapl", "backend": work.backend.name, "status": status, "loaded": status == "ready"}
     if model_id != slot.entry.id:
         card["root"] = slot.entry.id  # an alias, or an OpenAI name the default model answers to
+    pool = models()
+    if status == "ready" and work.memory_bytes is not None:
+        card["memory_mb"] = round(work.memory_bytes / 1e6, 1)
+    pull = pool.pulls.get(slot.entry.id)
+    if pull is not None:
+        card["download"] = pull.progress()
     return card
 
 
@@ -326,6 +334,21 @@ def load_model(model_id: str) -> Response:
     return jsonify(_model_card(model_id, slot))
 
 
+def download_model(model_id: str) -> Response:
+    """POST /v1/models/<id>/download: fetch a configured hub model into its cache ahead of first use, with
+    the backend's hub library, beside the model thread. 200 once there (at once when cached), 202 while
+    it downloads (GET /v1/models/<id> shows ``download``: status and bytes so far), 503 when it cannot."""
+    slot = _slot(model_id)
+    pull = models().pull(slot)
+    if pull.wait(DOWNLOAD_ANSWER_SECONDS) and pull.status == "failed":
+        from .worker import failure_message
+
+        raise Unavailable(f"{failure_message(slot.worker.backend, pull.exception)} Detail: {pull.error}",
+                          code="model_download_failed", retry_after=MODEL_DOWNLOAD_RETRY)
+    card = _model_card(model_id, slot)
+    return Response(json.dumps(card), status=200 if pull.status == "done" else 202, content_type="application/json")
+
+
 def unload_model(model_id: str) -> Response:
     """DELETE /v1/models/<id>: unload a model after the jobs already queued for it; the next request reloads."""
     slot = _slot(model_id)
@@ -356,6 +379,8 @@ for _i, _prefix in enumerate(PREFIXES):
     bp.add_url_rule(f"{_prefix}/audio/translations", f"translations{_i}", translations, methods=["POST"])
     bp.add_url_rule(f"{_prefix}/models", f"models{_i}", list_models, methods=["GET"])
     bp.add_url_rule(f"{_prefix}/models/<path:model_id>/load", f"load{_i}", load_model, methods=["POST"])
+    bp.add_url_rule(f"{_prefix}/models/<path:model_id>/download", f"download{_i}", download_model,
+                    methods=["POST"])
     bp.add_url_rule(f"{_prefix}/models/<path:model_id>", f"model{_i}", get_model, methods=["GET"])
     bp.add_url_rule(f"{_prefix}/models/<path:model_id>", f"unload{_i}", unload_model, methods=["DELETE"])
 bp.add_url_rule("/health", "health", health, methods=["GET"])

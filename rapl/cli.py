@@ -1,5 +1,5 @@
 """The command line: ``rapl`` / ``python -m rapl`` with subcommands serve (the default),
-transcribe, models and check: parsing, dispatch and printing. The work is done where the server
+transcribe, models (list, pull, rm) and check: parsing, dispatch and printing. The work is done where the server
 does it: rapl.pipeline (transcribe), rapl.store (models), rapl.check (check).
 
 Every subcommand reads its settings as :func:`rapl.create_app` does: the process environment
@@ -15,8 +15,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from .models import ModelEntry
 
 log = logging.getLogger("rapl")
 
@@ -46,9 +50,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--output", "-o", type=Path, default=None, metavar="DIR",
                     help="directory for the outputs (default: beside each input)")
     tr.add_argument("--verbose", "-v", action="store_true", help="log what the model does")
-    sub.add_parser("models", help="list the models cached locally, per backend",
-                   description="List the models in the Hugging Face and ModelScope caches, with sizes, "
-                   "and mark the configured one.")
+    mo = sub.add_parser("models", help="list, download (pull) or delete (rm) models",
+                        description="List the models in the Hugging Face and ModelScope caches, with sizes, "
+                        "the configured one marked, and MODELS_FILE's models; or download one ahead of first "
+                        "use, or delete a cached one.")
+    actions = mo.add_subparsers(dest="action", metavar="ACTION")
+    actions.add_parser("list", help="list the models (the default)")
+    pull = actions.add_parser("pull", help="download a model into its hub's cache, with a progress bar",
+                              description="Download a model through its backend's hub library: NAME is a "
+                              "MODELS_FILE id or alias, the .env model's name, or a hub id for --backend.")
+    remove = actions.add_parser("rm", help="delete a model's cached download",
+                                description="Delete a model from the Hugging Face or ModelScope cache (never "
+                                "a local directory). NAME as for pull.")
+    for action in (pull, remove):
+        action.add_argument("name", metavar="NAME", help="a configured model id or alias, or a hub id")
+        action.add_argument("--backend", "-b", default=None,
+                            help="the backend a hub id is for (default: BACKEND)")
+    remove.add_argument("--yes", "-y", action="store_true", help="delete without asking")
     sub.add_parser("check", help="verify the set-up (exit status 1 on any failure)",
                    description="Check the audio decoder, the backend library, the model and the port, "
                    "saying what to change when something is wrong.")
@@ -64,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     if command == "transcribe":
         return transcribe(args.files, args.response_format, args.language, args.output, args.verbose)
     if command == "models":
+        if args.action == "pull":
+            return pull(args.name, args.backend)
+        if args.action == "rm":
+            return remove(args.name, args.backend, args.yes)
         return models()
     return check()
 
@@ -276,6 +298,91 @@ def _models_file(settings: Settings) -> int:
         where = "not cached: downloaded on first use" if found is None else found.source
         aliases = f" (also {', '.join(entry.aliases)})" if entry.aliases else ""
         print(f"  {entry.id}{aliases}: {entry.backend} {entry.model}  [{where}]")
+    return 0
+
+
+def _named_model(name: str, backend: str | None) -> tuple[Settings, ModelEntry] | None:
+    """The model ``name`` means: a MODELS_FILE id or alias, the .env model's name, else a hub id for
+    ``backend`` (default BACKEND); None (after saying why) when the settings or the file are invalid."""
+    from .backends import SPECS, public_name
+    from .models import ModelEntry, ModelsFileError, read
+
+    settings = _settings_or_none()
+    if settings is None:
+        return None
+    if backend is not None and backend not in SPECS:
+        print(f"rapl: --backend {backend!r} is invalid: use one of {', '.join(SPECS)}", file=sys.stderr)
+        return None
+    try:
+        entries = read(settings.MODELS_FILE, settings) if settings.MODELS_FILE else [
+            ModelEntry(id=public_name(settings.model), backend=settings.BACKEND, model=settings.model)]
+    except ModelsFileError as exc:
+        print(f"rapl: MODELS_FILE is invalid:\n{exc}", file=sys.stderr)
+        return None
+    for entry in entries:
+        if backend in (None, entry.backend) and name in (entry.id, *entry.aliases, entry.model):
+            return settings, entry
+    return settings, ModelEntry(id=name, backend=backend or settings.BACKEND, model=name)
+
+
+def pull(name: str, backend: str | None = None) -> int:
+    """Download a model through its backend's hub library, with a progress bar; 1 when it cannot."""
+    from tqdm import tqdm
+
+    from . import backends, store
+    from .worker import failure_message
+
+    named = _named_model(name, backend)
+    if named is None:
+        return 2
+    settings, entry = named
+    spec = backends.SPECS[entry.backend]
+    found = store.cached(spec, entry.model)
+    if found is not None:
+        print(f"{entry.model} is already here: {found.source} {found.path} ({store.human_size(found.size)})")
+        return 0
+    print(f"Downloading {entry.backend} model {entry.model} from {spec.hub}", flush=True)
+    job = store.Pull(spec, entry.model, lambda model: backends.fetch(entry.backend, model)).start()
+    with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=entry.model, file=sys.stderr) as bar:
+        while not job.wait(0.2):
+            bar.update(job.bytes - bar.n)
+        bar.update(job.bytes - bar.n)
+    if job.status == "failed":
+        model = backends.create(entry.settings(settings))
+        print(f"rapl: {failure_message(model, job.exception or OSError(job.error))}\nDetail: {job.error}",
+              file=sys.stderr)
+        return 1
+    print(f"Downloaded {entry.model} into {job.path} ({store.human_size(job.bytes)}, {job.seconds:g} s)")
+    return 0
+
+
+def remove(name: str, backend: str | None = None, yes: bool = False) -> int:
+    """Delete a model's cached download (asking first unless ``yes``); 1 when there is none or it is refused."""
+    from . import backends, store
+
+    named = _named_model(name, backend)
+    if named is None:
+        return 2
+    _settings, entry = named
+    spec = backends.SPECS[entry.backend]
+    found = store.cached(spec, entry.model)
+    if found is None:
+        print(f"rapl: {entry.model} is not in the {spec.hub} cache: nothing to delete", file=sys.stderr)
+        return 1
+    if found.source == store.LOCAL:
+        print(f"rapl: {entry.model} is a local directory, not a cached download: RAPL leaves it alone",
+              file=sys.stderr)
+        return 1
+    if not yes:
+        if not sys.stdin.isatty():
+            print(f"rapl: would delete {found.path} ({store.human_size(found.size)}); add --yes to do it",
+                  file=sys.stderr)
+            return 1
+        answer = input(f"Delete {found.model_id} ({store.human_size(found.size)}) from {found.path}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            return 1
+    store.remove(spec, entry.model)
+    print(f"Deleted {found.model_id} ({store.human_size(found.size)}) from the {found.source}")
     return 0
 
 

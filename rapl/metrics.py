@@ -127,6 +127,8 @@ class _ModelsCollector:
         load = GaugeMetricFamily("rapl_model_load_seconds", "How long the model's last load took.", labels=["model"])
         idle = GaugeMetricFamily("rapl_model_idle_seconds", "Seconds since a request last chose the model.",
                                  labels=["model"])
+        memory = GaugeMetricFamily("rapl_model_memory_bytes", "Resident memory the loaded model's load added.",
+                                   labels=["model"])
         for model in models:
             ready.add_metric([model["id"]], 1.0 if model["status"] == "ready" else 0.0)
             requests.add_metric([model["id"]], float(model["requests"]))
@@ -134,7 +136,9 @@ class _ModelsCollector:
                 load.add_metric([model["id"]], float(model["load_seconds"]))
             if model["idle_seconds"] is not None:
                 idle.add_metric([model["id"]], float(model["idle_seconds"]))
-        yield from (ready, requests, load, idle)
+            if model.get("memory_mb") is not None:
+                memory.add_metric([model["id"]], float(model["memory_mb"]) * 1e6)
+        yield from (ready, requests, load, idle, memory)
 
 
 class _NullMetrics:

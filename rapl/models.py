@@ -15,8 +15,10 @@ which answers every name the file does not know unless ``STRICT_MODELS=true`` (4
 ``model_not_found``). Each model has its own :class:`rapl.worker.ModelWorker` and
 :class:`rapl.service.Transcriber`, and all of them share the one model thread (a single-worker
 executor), so only one model is ever touched at a time, in the order requests came. Models load
-on first use; at most ``MAX_LOADED_MODELS`` stay loaded, the least recently used idle one being
-unloaded (on the model thread, before the load that needs its room) to make way.
+on first use; at most ``MAX_LOADED_MODELS`` stay loaded (and, with ``MODEL_MEMORY_MB``, no more
+than that much resident memory as measured at each load), the least recently used one being
+unloaded (on the model thread, after its queued jobs and before the load that needs its room) to
+make way. :meth:`Models.pull` downloads a model ahead of its first use, off the model thread.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .backends import SPECS, public_name
+from . import store
+from .backends import SPECS, fetch, public_name
 from .settings import Settings, SettingsError
 from .store import looks_like_path
 
@@ -201,12 +204,14 @@ class Models:
     """The models of one server, on one model thread; picks a model per request and keeps MAX_LOADED_MODELS."""
 
     def __init__(self, entries: list[ModelEntry], build: Callable[[ModelEntry, ThreadPoolExecutor], Slot],
-                 max_loaded: int = 1, strict: bool = False) -> None:
+                 max_loaded: int = 1, strict: bool = False, memory_mb: int = 0) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rapl-model")
         self.slots = {entry.id: build(entry, self.executor) for entry in entries}
         self.default = self.slots[entries[0].id]
         self.max_loaded = max_loaded
         self.strict = strict
+        self.memory_budget = memory_mb * 1_000_000  # bytes; 0: none
+        self.pulls: dict[str, store.Pull] = {}  # by model id: the latest download asked for
         self._names = {name: slot for slot in self.slots.values() for name in (slot.entry.id, *slot.entry.aliases)}
         self._lock = threading.Lock()
         for slot in self.slots.values():
@@ -248,11 +253,28 @@ class Models:
                 return
             others = sorted((s for s in self.slots.values() if s is not slot and self._resident(s)),
                             key=lambda s: s.last_used)
-            while others and len(others) >= self.max_loaded:
+            need = self._expected_bytes(slot) if self.memory_budget else 0
+            while others and (len(others) >= self.max_loaded or self._over_budget(others, need)):
                 victim = others.pop(0)
-                log.info("unloading model %s (least recently used) to make room for %s", victim.entry.id,
-                         slot.entry.id)
+                why = "MAX_LOADED_MODELS" if len(others) + 1 >= self.max_loaded else "MODEL_MEMORY_MB"
+                log.info("unloading model %s (least recently used; %s) to make room for %s", victim.entry.id,
+                         why, slot.entry.id)
                 victim.worker.unload_soon()
+
+    def _over_budget(self, others: list[Slot], need: int) -> bool:
+        """Whether ``others`` (loaded) and ``need`` more bytes exceed MODEL_MEMORY_MB."""
+        if not self.memory_budget:
+            return False
+        return sum(s.worker.memory_bytes or 0 for s in others) + need > self.memory_budget
+
+    @staticmethod
+    def _expected_bytes(slot: Slot) -> int:
+        """What loading ``slot`` will add: its last measured load, else its size on disk (0 if unknown)."""
+        if slot.worker.memory_bytes is not None:
+            return slot.worker.memory_bytes
+        spec = SPECS.get(slot.entry.backend)
+        found = store.cached(spec, slot.entry.model) if spec is not None else None
+        return found.size if found is not None else 0
 
     @staticmethod
     def _resident(slot: Slot) -> bool:
@@ -260,13 +282,26 @@ class Models:
         return worker.loaded is not None and worker.state in ("ready", "loading")
 
     def describe(self) -> list[dict[str, Any]]:
-        """Each model as /health and /metrics show it: state, requests, load time, idle time."""
+        """Each model as /health and /metrics show it: state, requests, load time, idle time, memory."""
         now = time.monotonic()
         return [{"id": slot.entry.id, "backend": slot.entry.backend, "aliases": list(slot.entry.aliases),
                  "status": slot.worker.state if slot.worker.loaded is not None else "unloaded",
                  "requests": slot.requests, "load_seconds": slot.worker.load_seconds,
-                 "idle_seconds": round(now - slot.last_used, 1) if slot.last_used else None}
+                 "idle_seconds": round(now - slot.last_used, 1) if slot.last_used else None,
+                 "memory_mb": _mb(slot.worker.memory_bytes) if self._resident(slot) else None}
                 for slot in self.slots.values()]
+
+    def pull(self, slot: Slot) -> store.Pull:
+        """Download ``slot``'s model into its hub's cache now, in a thread of its own (the model thread
+        keeps serving); the download already running for it, if one is."""
+        with self._lock:
+            running = self.pulls.get(slot.entry.id)
+            if running is not None and running.status == "downloading":
+                return running
+            backend = slot.entry.backend
+            pull = store.Pull(SPECS[backend], slot.entry.model, lambda model: fetch(backend, model))
+            self.pulls[slot.entry.id] = pull.start()
+            return pull
 
     def waiting(self) -> int:
         """Requests waiting for the model thread, every model together (MAX_QUEUE bounds this)."""
@@ -280,3 +315,7 @@ class Models:
         """Stop every model's threads; the model thread finishes its running job."""
         for slot in self.slots.values():
             slot.worker.shutdown()
+
+
+def _mb(count: int | None) -> float | None:
+    return round(count / 1e6, 1) if count is not None else None

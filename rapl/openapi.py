@@ -93,6 +93,13 @@ def spec() -> dict[str, Any]:
                 "post": {"summary": "Load a model now (the least recently used one may be unloaded)", "responses": {
                     "200": {"description": "Loaded", "content": {"application/json": {"schema": model}}},
                     **_error_responses(401, 404, 503)}}},
+            "/v1/models/{model_id}/download": {
+                "parameters": [{"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "post": {"summary": "Download a model into its hub's cache ahead of first use (progress: GET "
+                                    "/v1/models/{model_id}, its download field)", "responses": {
+                    "200": {"description": "In the cache", "content": {"application/json": {"schema": model}}},
+                    "202": {"description": "Downloading", "content": {"application/json": {"schema": model}}},
+                    **_error_responses(401, 404, 503)}}},
             "/v1/realtime": {"get": {
                 "summary": "Live transcription: OpenAI's Realtime protocol over a WebSocket (Upgrade: websocket)",
                 "parameters": [{"name": "intent", "in": "query", "required": False,

@@ -144,6 +144,8 @@ SPEC: dict[str, tuple[str, Callable[[str, str], Any], str]] = {
                     "(see config/models.toml.example); empty: the BACKEND + LOCAL_MODEL one only."),
     "MAX_LOADED_MODELS": ("1", _int(1, 64), "Models kept loaded at once; the least recently used idle one is "
                           "unloaded to make room."),
+    "MODEL_MEMORY_MB": ("0", _int(0), "Resident memory the loaded models may use together, in MB, as measured at "
+                        "each load; least recently used ones are unloaded to stay under it; 0: no budget."),
     "STRICT_MODELS": ("false", _bool, "Answer 404 model_not_found to a model name the server does not know "
                       "(else the BACKEND + LOCAL_MODEL model answers it): true or false."),
     "DEVICE": ("auto", _device, "Where the model runs: auto, cpu, cuda, cuda:N or mps."),
@@ -200,6 +202,7 @@ class Settings:
     LOCAL_MODEL: str
     MODELS_FILE: str
     MAX_LOADED_MODELS: int
+    MODEL_MEMORY_MB: int
     STRICT_MODELS: bool
     DEVICE: str
     HOST: str

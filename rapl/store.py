@@ -4,7 +4,9 @@ A model is a local directory, or a hub id looked up, without network, in the cac
 backend's :class:`~rapl.backends.BackendSpec` names (Hugging Face or ModelScope), and downloaded
 from that hub only when the cache lacks it. A cached copy counts when it holds the spec's marker
 file. The backends load through :func:`locate`; ``rapl check`` asks :func:`cached`, and
-``rapl models`` lists :func:`inventory`: one lookup for all three.
+``rapl models`` lists :func:`inventory`: one lookup for all three. :class:`Pull` downloads a model
+ahead of its first use (``rapl models pull``, ``POST /v1/models/{id}/download``) through the
+backend's own download, in a thread of its own, and :func:`remove` deletes a cached copy.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ import errno
 import logging
 import math
 import os
+import shutil
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from .backends import SPECS, BackendSpec
 
@@ -106,9 +113,19 @@ def locate(spec: BackendSpec, model: str, *, download: Download | None = None, c
 
 def hub_host(spec: BackendSpec) -> str:
     """The host a download from ``spec``'s hub goes to (HF_ENDPOINT's, where set)."""
+    return hub_address(spec)[0]
+
+
+def hub_address(spec: BackendSpec) -> tuple[str, int]:
+    """The host and port a download from ``spec``'s hub connects to (HF_ENDPOINT's, where set)."""
     if spec.hub == HUGGING_FACE and os.environ.get("HF_ENDPOINT"):
-        return os.environ["HF_ENDPOINT"].split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-    return spec.hub_host
+        url = urlsplit(os.environ["HF_ENDPOINT"])
+        try:
+            port = url.port
+        except ValueError:  # not a port number: the hub library will say so
+            port = None
+        return url.hostname or spec.hub_host, port or (80 if url.scheme == "http" else 443)
+    return spec.hub_host, 443
 
 
 def unreachable(spec: BackendSpec, timeout: float = 3.0) -> str:
@@ -117,9 +134,9 @@ def unreachable(spec: BackendSpec, timeout: float = 3.0) -> str:
         return "HF_HUB_OFFLINE is set"
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return ""
-    host = hub_host(spec)
+    host, port = hub_address(spec)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return ""
     except OSError:
         return f"{host} cannot be reached from this machine"
@@ -193,6 +210,105 @@ def _hf_repo_id(snapshot: Path) -> str | None:
     if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
         return parts[-3].removeprefix("models--").replace("--", "/")
     return None
+
+
+# --------------------------------------------------------------------------- download ahead, remove
+
+
+def download_dir(spec: BackendSpec, model_id: str) -> Path:
+    """Where the hub library writes ``model_id`` while it downloads (what a pull's progress measures)."""
+    if spec.hub == MODELSCOPE:
+        return _modelscope_dir(model_id) or modelscope_root() / "models" / model_id
+    try:
+        from huggingface_hub import constants
+
+        root = Path(constants.HF_HUB_CACHE)
+    except ImportError:
+        root = Path.home() / ".cache" / "huggingface" / "hub"
+    return root / ("models--" + model_id.replace("/", "--"))
+
+
+class Pull:
+    """One model downloading into its hub's cache, in a thread of its own (never the model thread).
+
+    ``fetch`` is the backend's own way to a local directory (rapl.backends.fetch): a cached copy
+    is found without network, else the backend's hub library downloads it (offline: at once, the
+    reason in :attr:`error`). Progress is the bytes in the cache's folder for the model so far.
+    """
+
+    def __init__(self, spec: BackendSpec, model: str, fetch: Callable[[str], Path]) -> None:
+        self.spec, self.model, self._fetch = spec, model, fetch
+        self.model_id = model if looks_like_path(model) else hub_id(spec, model)
+        self.status = "downloading"  # then "done" or "failed"
+        self.error: str | None = None
+        self.exception: BaseException | None = None
+        self.path: str | None = None
+        self.started = time.time()
+        self.seconds: float | None = None
+        self._before = 0
+        self._done = threading.Event()
+
+    def start(self) -> Pull:
+        """Begin the download; returns self."""
+        self._before = tree_size(download_dir(self.spec, self.model_id))
+        threading.Thread(target=self._run, name="rapl-pull", daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.path = str(self._fetch(self.model))
+            self.status = "done"
+        except BaseException as exc:  # noqa: BLE001 - reported to whoever asked, never raised in a thread
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.exception = exc
+            self.status = "failed"
+            log.warning("download of %s failed: %s", self.model_id, self.error)
+        finally:
+            self.seconds = round(time.perf_counter() - started, 2)
+            self._done.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Whether the download has ended (done or failed) within ``timeout`` seconds."""
+        return self._done.wait(timeout)
+
+    @property
+    def bytes(self) -> int:
+        """Bytes on disk for the model now: its finished files and those being written."""
+        if self.path is not None:
+            return tree_size(Path(self.path))
+        return max(0, tree_size(download_dir(self.spec, self.model_id)) - self._before)
+
+    def progress(self) -> dict[str, Any]:
+        """What the API and the command line show."""
+        body: dict[str, Any] = {"model": self.model_id, "status": self.status, "bytes": self.bytes,
+                                "seconds": self.seconds if self.seconds is not None
+                                else round(time.time() - self.started, 1)}
+        if self.error:
+            body["error"] = self.error
+        return body
+
+
+def remove(spec: BackendSpec, model: str) -> CachedModel | None:
+    """Delete ``model``'s cached copy from its hub's cache; the copy deleted, or None when there is none.
+
+    Raises ValueError for a local directory (RAPL deletes only what a hub library downloaded)."""
+    found = cached(spec, model)
+    if found is None:
+        return None
+    if found.source == LOCAL:
+        raise ValueError(f"{model} is a local directory, not a cached download: RAPL leaves it alone")
+    if spec.hub == HUGGING_FACE:
+        from huggingface_hub import scan_cache_dir
+
+        info = scan_cache_dir()
+        for repo in info.repos:
+            if repo.repo_id == found.model_id and repo.repo_type == "model":
+                info.delete_revisions(*(rev.commit_hash for rev in repo.revisions)).execute()
+        shutil.rmtree(download_dir(spec, found.model_id), ignore_errors=True)  # its refs and locks too
+    else:
+        shutil.rmtree(found.path)
+    return found
 
 
 # --------------------------------------------------------------------------- what is cached

@@ -81,6 +81,8 @@ class ModelWorker:
         self.error: str | None = None  # the library's own words, when loading failed
         self.problem = ""  # what failed and what to do, when loading failed
         self.load_seconds: float | None = None  # how long the last load took
+        self.memory_bytes: int | None = None  # resident memory the last load added (None: not measured)
+        self.freed_bytes: int | None = None  # resident memory the last unload gave back
         self._failures = 0
         self._retry_at = 0.0
         # the one model thread; with several models (rapl.models) they all share one
@@ -112,6 +114,7 @@ class ModelWorker:
 
     def _load(self) -> None:
         started = time.perf_counter()
+        before = resident_bytes()  # on the model thread: nothing else loads or runs meanwhile
         log.info("loading %s model %s", self.backend.name, self.backend.model)
         try:
             self.capabilities = self.backend.load()
@@ -124,7 +127,10 @@ class ModelWorker:
         self.error = None
         self._failures = 0
         self.load_seconds = round(time.perf_counter() - started, 2)
-        log.info("model %s ready in %.1f s", self.backend.model, self.load_seconds)
+        after = resident_bytes()
+        self.memory_bytes = max(0, after - before) if after is not None and before is not None else None
+        log.info("model %s ready in %.1f s%s", self.backend.model, self.load_seconds,
+                 f", {self.memory_bytes / 1e6:.0f} MB resident" if self.memory_bytes is not None else "")
 
     def _idle(self, seconds: float | None = None) -> bool:
         """Loaded, nothing running or waiting, and no job for ``seconds`` (MODEL_IDLE_UNLOAD)."""
@@ -177,9 +183,12 @@ class ModelWorker:
             self.state = "unloading"
         from .backends import free_memory
 
+        before = resident_bytes()
         self.backend.unload()
         free_memory()
         self._trim()
+        after = resident_bytes()
+        self.freed_bytes = max(0, before - after) if after is not None and before is not None else None
         with self._lock:
             self.counters["unloads"] += 1
             if self.state == "unloading":  # else a request has already queued the reload
@@ -377,7 +386,9 @@ class ModelWorker:
         """What /health reports."""
         body: dict[str, Any] = {"status": self.state, "backend": self.backend.name,
                                 "model": public_name(self.backend.model), "queue_depth": self._waiting,
-                                "busy": self.running, **self.counters}
+                                "busy": self.running, **self.counters,
+                                "memory_mb": round(self.memory_bytes / 1e6, 1)
+                                if self.memory_bytes is not None and self.state == "ready" else None}
         languages = self.capabilities.languages
         body["languages"] = sorted(languages) if languages is not None else None  # None: any
         if self.state == "failed" or self.error:
@@ -393,6 +404,16 @@ class ModelWorker:
             partials, self._partials = list(self._partials.values()), {}
         for _fn, future in partials:
             future.cancel()
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (psutil, on every platform), or None where it cannot be read."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except Exception:  # noqa: BLE001 - psutil missing or the platform refuses: memory goes unreported
+        return None
 
 
 def _stopping() -> Unavailable:

@@ -184,6 +184,20 @@ def test_load_and_unload_over_the_api_behind_the_key(several: Callable[..., Any]
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
+def test_a_web_page_elsewhere_cannot_manage_models(several: Callable[..., Any]) -> None:
+    """Without a key (the local default), management is still closed to other sites' pages (as every POST is)."""
+    server, fakes = several()
+    page = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+    with server.http() as http:
+        for method, path in (("POST", "/v1/models/big/load"), ("POST", "/v1/models/big/download"),
+                             ("DELETE", "/v1/models/main")):
+            refused = http.request(method, path, headers=page)
+            assert refused.status_code == 403, (path, refused.text)
+            assert refused.json()["error"]["type"] == "invalid_request_error"
+    assert fakes["big"].loads == 0 and fakes["main"].loads == 1
+    assert server.app.extensions["rapl.models"].pulls == {}
+
+
 def test_a_failing_model_answers_503_and_the_others_serve(tmp_path: Path) -> None:
     fakes = {"main": FakeBackend("main-fake"), "fast": FakeBackend("tiny-fake", fail_load=RuntimeError("broken")),
              "big": FakeBackend("big-fake")}

@@ -19,7 +19,7 @@ from support.speech import JFK_TEXT, wer
 pytestmark = pytest.mark.slow  # three real models in one server
 
 
-def _models_file(tmp_path: Path, base: str, sensevoice: Path, broken: Path | None = None) -> Path:
+def _models_file(tmp_path: Path, base: str, sensevoice: Path, broken: Path | None = None, extra: str = "") -> Path:
     text = f'''
 [models.base]
 backend = "whisper"
@@ -34,7 +34,7 @@ aliases = ["gpt-4o-mini-transcribe"]
     if broken is not None:
         text += f'\n[models.broken]\nbackend = "whisper"\nmodel = "{broken}"\n'
     path = tmp_path / "models.toml"
-    path.write_text(text, encoding="utf-8")
+    path.write_text(text + extra, encoding="utf-8")
     return path
 
 
@@ -43,10 +43,10 @@ def three(tmp_path: Path, whisper_model: str, whisper_base_model: str,
           tiny_sensevoice: Path) -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
-    def start(broken: bool = False, **settings: str) -> Server:
+    def start(broken: bool = False, extra: str = "", **settings: str) -> Server:
         empty = tmp_path / "empty-model"
         empty.mkdir(exist_ok=True)
-        path = _models_file(tmp_path, whisper_base_model, tiny_sensevoice, empty if broken else None)
+        path = _models_file(tmp_path, whisper_base_model, tiny_sensevoice, empty if broken else None, extra)
         app = create_app({"ENV_FILE": "", "PROGRESS": "false", "BACKEND": "whisper", "LOCAL_MODEL": whisper_model,
                           "MODELS_FILE": str(path), "THREADS": "2", **settings})
         server = Server(app, threads=16)
@@ -140,3 +140,75 @@ def test_concurrent_requests_across_real_models(three: Callable[..., Server], jf
         by_model.setdefault(name, set()).add(text)
     assert all(len(texts) == 1 for texts in by_model.values()), by_model  # each model always says the same
     assert len({next(iter(t)) for t in by_model.values()}) == 3  # and the three say different things
+
+
+def test_memory_per_model_is_reported_and_the_budget_unloads(three: Callable[..., Server], jfk: Path) -> None:
+    """Each loaded model's resident memory in /health, /metrics and /v1/models; MODEL_MEMORY_MB unloads the least
+    recently used model even when MAX_LOADED_MODELS would keep it."""
+    server = three(MAX_LOADED_MODELS="3", MODEL_MEMORY_MB="1")  # any two models are over a 1 MB budget
+    clip = jfk.read_bytes()
+    _ask(server, "base", clip)
+    with server.http() as http:
+        states = {m["id"]: (m["status"], m["memory_mb"]) for m in http.get("/health").json()["models"]}
+        metrics = http.get("/metrics").text
+        card = http.get("/v1/models/base").json()
+    assert states[_tiny(server)] == ("unloaded", None) and states["base"][0] == "ready", states
+    assert states["base"][1] > 30, states  # Whisper base: about 150-300 MB measured (README, "Several models")
+    assert card["memory_mb"] == states["base"][1]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {s.labels["model"]: s.value for family in text_string_to_metric_families(metrics)
+               if family.name == "rapl_model_memory_bytes" for s in family.samples}
+    assert samples == {"base": pytest.approx(states["base"][1] * 1e6)}, samples  # only loaded models have one
+
+
+def test_a_model_directory_that_vanishes_answers_503_for_it_alone(three: Callable[..., Server], jfk: Path,
+                                                                 tiny_sensevoice: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "vanishing" / "SenseVoiceSmall"
+    shutil.copytree(tiny_sensevoice, copy)
+    extra = f'\n[models.vanishing]\nbackend = "sensevoice"\nmodel = "{copy}"\n'
+    server = three(MAX_LOADED_MODELS="3", extra=extra)
+    shutil.rmtree(copy.parent)  # after start-up checked it, before its first use
+    clip = jfk.read_bytes()
+    with server.http() as http:
+        failed = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", clip)}, data={"model": "vanishing"})
+        health = http.get("/health").json()
+    assert failed.status_code == 503, failed.text
+    error = failed.json()["error"]
+    assert error["code"] == "model_unavailable" and "no such directory" in error["message"], error
+    assert {m["id"]: m["status"] for m in health["models"]}["vanishing"] == "failed"
+    assert health["status"] == "ready"  # the default model, and the server, are fine
+    assert wer(JFK_TEXT, _ask(server, "base", clip).parse().text) < 0.2
+
+
+def test_requests_while_a_model_unloads_and_two_loads_at_once(three: Callable[..., Server], jfk: Path) -> None:
+    """A request that comes as its model is being unloaded reloads it (never a 5xx); two loads asked at once
+    over the API both answer, and MAX_LOADED_MODELS still holds."""
+    server = three(MAX_LOADED_MODELS="1", MAX_QUEUE="32")
+    clip = jfk.read_bytes()
+    answers: list[tuple[int, str]] = []
+    with server.http() as http:
+        for _ in range(3):
+            assert http.delete(f"/v1/models/{_tiny(server)}").status_code == 200
+            raw = http.post("/v1/audio/transcriptions", files={"file": ("a.flac", clip)},
+                            data={"model": _tiny(server)})
+            answers.append((raw.status_code, raw.json().get("text", raw.text)))
+    assert [status for status, _ in answers] == [200] * 3, answers
+    assert all(wer(JFK_TEXT, text) < 0.2 for _, text in answers)
+    loads: dict[str, int] = {}
+
+    def load(name: str) -> None:
+        with server.http() as http:
+            loads[name] = http.post(f"/v1/models/{name}/load").status_code
+
+    threads = [threading.Thread(target=load, args=(name,)) for name in ("base", "chinese")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert loads == {"base": 200, "chinese": 200}
+    with server.http() as http:
+        states = {m["id"]: m["status"] for m in http.get("/health").json()["models"]}
+    assert sum(state == "ready" for state in states.values()) == 1, states

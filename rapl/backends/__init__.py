@@ -141,3 +141,10 @@ def create(settings: Settings) -> Backend:
     module_name, class_name = SPECS[settings.BACKEND].factory.split(":")
     module = importlib.import_module(module_name)
     return getattr(module, class_name)(settings)
+
+
+def fetch(name: str, model: str) -> Path:
+    """A local directory holding ``model`` for the backend ``name``, downloaded through that backend's
+    own hub library when not cached (``rapl models pull``, ``POST /v1/models/{id}/download``)."""
+    module = importlib.import_module(SPECS[name].factory.split(":")[0])
+    return Path(module.fetch(model))

@@ -283,6 +283,9 @@ def _local_dir(model: str) -> Path:
     return store.locate(SPECS["mlx"], model, download=_download, complete=_has_weights, logger=log)
 
 
+fetch = _local_dir  # rapl.backends.fetch: the same way to the model as loading takes
+
+
 def _download(model_id: str) -> Path:
     from mlx_audio.utils import get_model_path
 

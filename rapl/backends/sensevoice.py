@@ -278,6 +278,11 @@ def resolve_model(model: str) -> str:
     return str(store.locate(SPECS["sensevoice"], model, logger=log))
 
 
+def fetch(model: str) -> Path:
+    """A local directory for ``model`` (rapl.backends.fetch): see :func:`resolve_model`."""
+    return Path(resolve_model(model))
+
+
 def pick_device(setting: str, torch: Any) -> str:
     """DEVICE=auto -> cuda if available, else mps if available, else cpu."""
     if setting != "auto":

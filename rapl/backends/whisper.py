@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,7 +52,7 @@ class WhisperBackend:
         kwargs = {"device": device, "device_index": index, "compute_type": compute_type,
                   "cpu_threads": cpu_threads(self.settings)}
         started = time.perf_counter()
-        path = store.locate(SPECS["whisper"], self.model, download=_download, logger=log)
+        path = fetch(self.model)
         self._model = WhisperModel(str(path), **kwargs)
         log.info("loaded whisper model %s on %s (%s) in %.1f s", self.model, device, compute_type,
                  time.perf_counter() - started)
@@ -249,6 +250,11 @@ def _segment(piece: Any) -> Segment:
                    temperature=piece.temperature or 0.0, avg_logprob=piece.avg_logprob,
                    compression_ratio=piece.compression_ratio, no_speech_prob=piece.no_speech_prob,
                    words=words)
+
+
+def fetch(model: str) -> Path:
+    """A local directory for ``model``: itself, its Hugging Face cache, or faster-whisper's download (rapl.store)."""
+    return store.locate(SPECS["whisper"], model, download=_download, logger=log)
 
 
 def _download(model_id: str) -> str:
