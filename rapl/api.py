@@ -15,8 +15,9 @@ from typing import IO, Any
 import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from . import audio, formats, openapi, params, request_id
+from . import audio, formats, openapi, params
 from .errors import APIError, Overloaded, RaplError, Unavailable, as_api, status_of
+from .headers import request_id
 from .models import ModelEntry, Models, Slot
 from .recording import MemoryBudget, Recording, duration
 from .service import Job, Transcriber
@@ -384,4 +385,5 @@ for _i, _prefix in enumerate(PREFIXES):
     bp.add_url_rule(f"{_prefix}/models/<path:model_id>", f"model{_i}", get_model, methods=["GET"])
     bp.add_url_rule(f"{_prefix}/models/<path:model_id>", f"unload{_i}", unload_model, methods=["DELETE"])
 bp.add_url_rule("/health", "health", health, methods=["GET"])
-bp.add_url_rule("/openapi.json", "openapi", lambda: jsonify(openapi.spec()), methods=["GET"])
+bp.add_url_rule("/openapi.json", "openapi", lambda: jsonify(openapi.spec(current_app.config["RAPL_VERSION"])),
+                methods=["GET"])

@@ -10,7 +10,7 @@ import shutil
 import socket
 
 from . import environment, store
-from .backends import SPECS
+from .catalog import SPECS
 from .server import free_port
 from .settings import Settings, SettingsError
 

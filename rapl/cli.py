@@ -101,7 +101,7 @@ def env_file() -> str | None:
 
 def load_settings() -> Settings:
     """The settings as create_app reads them: the environment over the dotenv file."""
-    from . import use_env_file
+    from .settings import use_env_file
 
     use_env_file(env_file())  # the CLI owns its process: `.env` reaches the hub libraries too
     return Settings.load()
@@ -150,8 +150,9 @@ def transcribe(files: list[Path], response_format: str = "text", language: str |
     """Transcribe ``files`` in-process; 0 when all succeeded, 1 when any failed, 2 on bad usage."""
     from tqdm import tqdm
 
-    from . import audio, backends, configure_logging, formats, languages, pipeline
+    from . import audio, backends, formats, languages, pipeline
     from .errors import RaplError
+    from .logs import configure_logging
     from .transcription import Options
     from .vad import Segmenter
     from .worker import failure_message
@@ -240,7 +241,7 @@ def describe(exc: BaseException, src: Path) -> str:
 def models() -> int:
     """Print the locally cached models per backend (rapl.store), the configured one marked with '*'."""
     from . import store
-    from .backends import SPECS
+    from .catalog import SPECS
 
     settings = _settings_or_none()
     inventory = store.inventory()
@@ -283,7 +284,7 @@ def models() -> int:
 def _models_file(settings: Settings) -> int:
     """The models MODELS_FILE lists, each with whether it is cached here; 2 when the file is invalid."""
     from . import store
-    from .backends import SPECS
+    from .catalog import SPECS
     from .models import ModelsFileError, read
 
     try:
@@ -304,7 +305,8 @@ def _models_file(settings: Settings) -> int:
 def _named_model(name: str, backend: str | None) -> tuple[Settings, ModelEntry] | None:
     """The model ``name`` means: a MODELS_FILE id or alias, the .env model's name, else a hub id for
     ``backend`` (default BACKEND); None (after saying why) when the settings or the file are invalid."""
-    from .backends import SPECS, public_name
+    from .backends import public_name
+    from .catalog import SPECS
     from .models import ModelEntry, ModelsFileError, read
 
     settings = _settings_or_none()
@@ -330,13 +332,14 @@ def pull(name: str, backend: str | None = None) -> int:
     from tqdm import tqdm
 
     from . import backends, store
+    from .catalog import SPECS
     from .worker import failure_message
 
     named = _named_model(name, backend)
     if named is None:
         return 2
     settings, entry = named
-    spec = backends.SPECS[entry.backend]
+    spec = SPECS[entry.backend]
     found = store.cached(spec, entry.model)
     if found is not None:
         print(f"{entry.model} is already here: {found.source} {found.path} ({store.human_size(found.size)})")
@@ -358,13 +361,14 @@ def pull(name: str, backend: str | None = None) -> int:
 
 def remove(name: str, backend: str | None = None, yes: bool = False) -> int:
     """Delete a model's cached download (asking first unless ``yes``); 1 when there is none or it is refused."""
-    from . import backends, store
+    from . import store
+    from .catalog import SPECS
 
     named = _named_model(name, backend)
     if named is None:
         return 2
     _settings, entry = named
-    spec = backends.SPECS[entry.backend]
+    spec = SPECS[entry.backend]
     found = store.cached(spec, entry.model)
     if found is None:
         print(f"rapl: {entry.model} is not in the {spec.hub} cache: nothing to delete", file=sys.stderr)

@@ -4,18 +4,21 @@ Werkzeug answers three different excesses with the same RequestEntityTooLarge: t
 over MAX_CONTENT_LENGTH (MAX_UPLOAD_MB), one form field over MAX_FORM_MEMORY_SIZE, and more
 parts than MAX_FORM_PARTS. The parser here tells the last two apart from the first
 (:class:`FieldTooLarge`, :class:`TooManyParts`), naming the field, so the 413 names the limit
-that was really exceeded (rapl.errors).
+that was really exceeded (rapl.envelopes). Uploaded files stay in memory (:class:`InMemoryRequest`).
 """
 
 from __future__ import annotations
 
+import io
 import re
 from typing import IO, Any
 
+from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
-MAX_REFERENCE_BYTES = 8 * 2**20  # a 2-10 s speaker reference clip, in any format the decoder takes
+from .params import MAX_REFERENCE_BYTES
+
 # The largest form field: a known_speaker_references data URL of MAX_REFERENCE_BYTES (base64 is 4/3 of
 # the bytes) and its ``data:audio/...;base64,`` head. Every other field is far smaller.
 MAX_FIELD_BYTES = 4 * -(-MAX_REFERENCE_BYTES // 3) + 1024
@@ -89,3 +92,14 @@ class FormParser(FormDataParser):
             if self.max_form_memory_size is not None:
                 raise FieldTooLarge(watch.name, self.max_form_memory_size) from None
             raise
+
+
+class InMemoryRequest(Request):
+    """Keeps uploaded files in memory: no temporary files, whatever their size. A too-large form
+    field or too many parts raise rapl.forms' own 413s, which name the limit they broke."""
+
+    form_data_parser_class = FormParser
+
+    def _get_file_stream(self, total_content_length: int | None, content_type: str | None,
+                         filename: str | None = None, content_length: int | None = None) -> IO[bytes]:
+        return io.BytesIO()

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from flask import Flask, request
 
 from .errors import APIError
+from .settings import normalize_host
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,6 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # HOST values that mean "listen on every interface": not a name clients use.
 WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::", "*"})
 EXTENSION = "rapl.hosts"
-
-
-def normalize(name: str) -> str:
-    """``name`` as compared: lower-case, without IPv6 brackets or one trailing dot, IP addresses canonical."""
-    name = name.strip().lower()
-    if name.startswith("[") and name.endswith("]"):
-        name = name[1:-1]
-    name = name.removesuffix(".")
-    try:
-        return str(ipaddress.ip_address(name))
-    except ValueError:
-        return name
 
 
 def host_name(header: str) -> str | None:
@@ -55,7 +44,7 @@ def host_name(header: str) -> str | None:
         name, colon, port = value.partition(":")
         if colon and not port.isdigit():
             return None
-    name = normalize(name)
+    name = normalize_host(name)
     return name or None
 
 
@@ -65,9 +54,9 @@ class HostPolicy:
     def __init__(self, allowed: Iterable[str], listen: str = "") -> None:
         allowed = tuple(allowed)
         self.any = "*" in allowed
-        names = {normalize(name) for name in (*LOOPBACK_NAMES, *allowed) if name != "*"}
-        if normalize(listen) not in WILDCARD_ADDRESSES:
-            names.add(normalize(listen))
+        names = {normalize_host(name) for name in (*LOOPBACK_NAMES, *allowed) if name != "*"}
+        if normalize_host(listen) not in WILDCARD_ADDRESSES:
+            names.add(normalize_host(listen))
         self.names = frozenset(names)
 
     def allows(self, header: str | None) -> bool:
@@ -94,7 +83,7 @@ def register(app: Flask, allowed: Iterable[str], listen: str) -> None:
     """
     policy = HostPolicy(allowed, listen)
     app.extensions[EXTENSION] = policy
-    if normalize(listen) in WILDCARD_ADDRESSES and not policy.any and len(policy.names) == len(LOOPBACK_NAMES):
+    if normalize_host(listen) in WILDCARD_ADDRESSES and not policy.any and len(policy.names) == len(LOOPBACK_NAMES):
         log.info("HOST=%s: clients on other machines may use this machine's IP address; a name they use "
                  "must be listed in ALLOWED_HOSTS (e.g. ALLOWED_HOSTS=mymac.local); other names get 421", listen)
 

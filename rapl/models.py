@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from . import store
-from .backends import SPECS, fetch, public_name
+from .backends import fetch, public_name
+from .catalog import SPECS
 from .settings import Settings, SettingsError
 from .store import looks_like_path
 

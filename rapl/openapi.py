@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import __version__
 from .formats import FORMATS
 
 _ERROR = {
@@ -63,14 +62,14 @@ def _transcription_op(summary: str, transcribe: bool) -> dict[str, Any]:
     }}
 
 
-def spec() -> dict[str, Any]:
-    """The OpenAPI 3.1 document."""
+def spec(version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of RAPL ``version``."""
     model = {"type": "object", "required": ["id", "object"],
              "properties": {"id": {"type": "string"}, "object": {"const": "model"},
                             "owned_by": {"type": "string"}, "created": {"type": "integer"}}}
     return {
         "openapi": "3.1.0",
-        "info": {"title": "RAPL", "version": __version__,
+        "info": {"title": "RAPL", "version": version,
                  "description": "Local speech-to-text with OpenAI's audio API."},
         "paths": {
             "/v1/audio/transcriptions": _transcription_op("Transcribe audio", True),

@@ -20,8 +20,9 @@ from werkzeug.datastructures import MultiDict
 
 from . import formats, languages
 from .errors import APIError
-from .forms import MAX_REFERENCE_BYTES
 from .transcription import Options, VadOptions
+
+MAX_REFERENCE_BYTES = 8 * 2**20  # a 2-10 s speaker reference clip, in any format the decoder takes
 
 GRANULARITIES = ("segment", "word")
 INCLUDES = ("logprobs",)

@@ -255,7 +255,7 @@ class Server:
 
     def attach(self, app: WSGIApp) -> Server:
         """Serve ``app`` (a RAPL app: its model worker is stopped gracefully with the server)."""
-        from . import configure_logging
+        from .logs import configure_logging
 
         self.app = app
         self.worker = getattr(app, "extensions", {}).get("rapl")
@@ -467,7 +467,7 @@ def runner_argv() -> list[str] | None:
 def settings_or_exit() -> Settings:
     """The settings as create_app reads them (the environment over ENV_FILE's dotenv file, default .env);
     an invalid one prints one line and exits with status 2."""
-    from . import use_env_file
+    from .settings import use_env_file
 
     use_env_file(os.environ.get("ENV_FILE", ".env"))  # the launcher owns its process: `.env` reaches the hubs too
     try:

@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .backends import SPECS
-from .hosts import normalize as _normalize_host
+from dotenv import dotenv_values
 
-BACKENDS = tuple(SPECS)  # one registry entry per backend (rapl.backends.SPECS)
+from .catalog import SPECS
+
+BACKENDS = tuple(SPECS)  # one registry entry per backend (rapl.catalog.SPECS)
 DEFAULT_MODELS = {name: spec.default_model for name, spec in SPECS.items()}
 RICH_MODES = ("plain", "emoji", "tags")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -118,7 +119,7 @@ def _hosts(name: str, raw: str) -> tuple[str, ...]:
     for item in (item.strip() for item in raw.split(",")):
         if not item:
             continue
-        host = _normalize_host(item)
+        host = normalize_host(item)
         if host != "*" and not (_is_address(host) or _HOST_NAME.match(host)):
             raise SettingsError(f"{name}={raw!r} is invalid: {item!r} is not a host name or address; use *, or a "
                                 "comma list of names and addresses without scheme or port, such as "
@@ -276,3 +277,31 @@ def env_example() -> str:
     for name, (default, _parse, doc) in SPEC.items():
         lines += [f"# {doc}", f"{name}={default}", ""]
     return "\n".join(lines)
+
+
+def normalize_host(name: str) -> str:
+    """``name`` as compared: lower-case, without IPv6 brackets or one trailing dot, IP addresses canonical."""
+    name = name.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    name = name.removesuffix(".")
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name
+
+
+def environment(env_file: str | None) -> dict[str, str]:
+    """The process environment over the dotenv file's values (the file never overrides a real variable)."""
+    values: dict[str, str] = {}
+    if env_file and os.path.isfile(env_file):
+        values = {k: v for k, v in dotenv_values(env_file).items() if v is not None}
+    return {**values, **os.environ}
+
+
+def use_env_file(env_file: str | None) -> None:
+    """For entry points, which own the process: the dotenv file's variables join the process
+    environment where unset, so the hub libraries see HF_HOME, MODELSCOPE_CACHE, HTTPS_PROXY and
+    the like from `.env` too. create_app() never does this."""
+    for name, value in environment(env_file).items():
+        os.environ.setdefault(name, value)

@@ -1,7 +1,7 @@
 """The model store: where each backend's model comes from, and what this machine has cached.
 
 A model is a local directory, or a hub id looked up, without network, in the cache of the hub its
-backend's :class:`~rapl.backends.BackendSpec` names (Hugging Face or ModelScope), and downloaded
+backend's :class:`~rapl.catalog.BackendSpec` names (Hugging Face or ModelScope), and downloaded
 from that hub only when the cache lacks it. A cached copy counts when it holds the spec's marker
 file. The backends load through :func:`locate`; ``rapl check`` asks :func:`cached`, and
 ``rapl models`` lists :func:`inventory`: one lookup for all three. :class:`Pull` downloads a model
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .backends import SPECS, BackendSpec
+from .catalog import SPECS, BackendSpec
 
 log = logging.getLogger(__name__)
 

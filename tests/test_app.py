@@ -211,7 +211,7 @@ def test_create_app_leaves_the_environment_alone_and_entry_points_share_env(tmp_
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from rapl import use_env_file
+    from rapl.settings import use_env_file
 
     env_file = tmp_path / ".env"
     env_file.write_text("BACKEND=whisper\nRAPL_TEST_HUB_HOME=/models\n")

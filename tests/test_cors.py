@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from rapl import cors, create_app, errors
+from rapl import cors, create_app, envelopes
 from rapl.errors import APIError
 from rapl.settings import LOCAL_ORIGINS, Settings, SettingsError
 from support.fake_backend import FakeBackend
@@ -196,7 +196,7 @@ def test_400_413_404_405_are_readable(apps: dict[str, Flask]) -> None:
 def test_429_and_its_retry_after_are_readable() -> None:
     """Pure header logic: an app with only the error handlers and CORS, and a route that is always busy."""
     app = Flask(__name__)
-    errors.register(app)
+    envelopes.register(app)
     cors.register(app, LOCAL_ORIGINS)
 
     @app.post("/busy")

@@ -27,9 +27,10 @@ def test_spec_lists_every_route(fake_server: Server) -> None:
 
 
 def _schema() -> object:
+    from rapl import __version__
     from rapl.openapi import spec
 
-    return schemathesis.openapi.from_dict(json.loads(json.dumps(spec())))
+    return schemathesis.openapi.from_dict(json.loads(json.dumps(spec(__version__))))
 
 
 schema = _schema()

@@ -21,7 +21,7 @@ import httpx2 as httpx
 import numpy as np
 import pytest
 
-import rapl
+import rapl.logs
 from rapl import create_app
 from rapl import server as rapl_server
 from support.fake_backend import FakeBackend
@@ -37,7 +37,7 @@ def make_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., rapl_
 
     Logging is left as pytest set it (the launchers configure it; these tests do not need to).
     """
-    monkeypatch.setattr(rapl, "configure_logging", lambda level: None)
+    monkeypatch.setattr(rapl.logs, "configure_logging", lambda level: None)
     made: list[rapl_server.Server] = []
 
     def make(**given: Any) -> rapl_server.Server:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rapl import store
-from rapl.backends import SPECS
+from rapl.catalog import SPECS
 from support.caches import fake_hf_repo, fake_modelscope_model
 
 pytestmark = pytest.mark.usefixtures("offline")

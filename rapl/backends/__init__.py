@@ -1,8 +1,8 @@
 """Speech-to-text backends behind one small Protocol, chosen by the BACKEND setting.
 
-A backend is one module plus one entry in SPECS: its factory, default model, the packages it
-needs, the hub its models come from and the file that marks a local model directory. Settings,
-``rapl check``, ``rapl models`` and README's table derive from that entry. Each backend imports its
+A backend is one module plus one entry in ``rapl.catalog.SPECS``: its factory, default model, the
+packages it needs, the hub its models come from and the file that marks a local model directory.
+Settings, ``rapl check``, ``rapl models`` and README's table derive from that entry. Each backend imports its
 heavy library only inside ``load()``, so choosing one never imports the others; ``load()``
 returns what the loaded model can do (its Capabilities), and ``transcribe()`` yields segments.
 """
@@ -17,35 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from ..catalog import SPECS
+
 if TYPE_CHECKING:
     import numpy as np
 
     from ..settings import Settings
     from ..transcription import Options, Segment
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """Everything RAPL knows about a backend before it is built."""
-
-    name: str  # the BACKEND value
-    factory: str  # "module:Class", imported only when chosen
-    default_model: str  # what an empty LOCAL_MODEL loads
-    packages: tuple[tuple[str, str], ...]  # (module to import, pip package) it needs
-    hub: str  # where models that are not local directories come from
-    hub_host: str  # that hub's host (what `rapl check` probes)
-    marker: str | None  # a file every local model directory of this backend has (None: varies)
-
-
-SPECS: dict[str, BackendSpec] = {spec.name: spec for spec in (
-    BackendSpec("sensevoice", "rapl.backends.sensevoice:SenseVoiceBackend", "iic/SenseVoiceSmall",
-                (("funasr", "funasr"), ("torch", "torch"), ("kaldi_native_fbank", "kaldi-native-fbank")),
-                "ModelScope", "www.modelscope.cn", "config.yaml"),
-    BackendSpec("whisper", "rapl.backends.whisper:WhisperBackend", "Systran/faster-whisper-small",
-                (("faster_whisper", "faster-whisper"),), "Hugging Face", "huggingface.co", "model.bin"),
-    BackendSpec("mlx", "rapl.backends.mlx:MLXBackend", "mlx-community/Qwen3-ASR-1.7B-8bit",
-                (("mlx_audio", "mlx-audio"),), "Hugging Face", "huggingface.co", "config.json"),
-)}
 
 
 @dataclass(frozen=True)

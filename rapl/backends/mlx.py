@@ -32,11 +32,12 @@ import numpy as np
 
 from .. import languages as langs
 from .. import richtext, store
+from ..catalog import SPECS
 from ..errors import Unsupported
 from ..recording import SAMPLE_RATE
 from ..settings import Settings, SettingsError
 from ..transcription import Options, Segment, Word
-from . import SPECS, Capabilities, warm_up_noise
+from . import Capabilities, warm_up_noise
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from .. import richtext, store
+from ..catalog import SPECS
 from ..recording import SAMPLE_RATE
 from ..settings import Settings
 from ..text import join_text
 from ..transcription import Options, Segment
-from . import SPECS, Capabilities, cpu_threads, warm_up_noise
+from . import Capabilities, cpu_threads, warm_up_noise
 from .funasr_results import HAN, result_language, timed_words
 
 log = logging.getLogger(__name__)

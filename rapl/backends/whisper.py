@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 from .. import store
+from ..catalog import SPECS
 from ..recording import SAMPLE_RATE
 from ..settings import Settings
 from ..transcription import Options, Segment, TokenLogprob, Word
-from . import SPECS, Capabilities, cpu_threads, warm_up_noise
+from . import Capabilities, cpu_threads, warm_up_noise
 
 log = logging.getLogger(__name__)
 
