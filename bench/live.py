@@ -229,12 +229,12 @@ def kept_live(turns: list[dict[str, Any]]) -> bool:
 # --------------------------------------------------------------------------- measurements
 
 
-_FINAL = re.compile(r"rapl\.pipeline: (item_\w+): [\d.]+ s of audio \(\d+ chunks?\) in ([\d.]+) s")
+_FINAL = re.compile(r"rapl\.core\.pipeline: (item_\w+): [\d.]+ s of audio \(\d+ chunks?\) in ([\d.]+) s")
 
 
 def final_model_times(log_path: Path | None) -> dict[str, float]:
     """item id -> seconds the model took for that turn's final transcription, from the server's log line
-    (``rapl.pipeline: item_…: X s of audio (1 chunks) in Y s``); empty when the log says nothing of it."""
+    (``rapl.core.pipeline: item_…: X s of audio (1 chunks) in Y s``); empty when the log says nothing of it."""
     try:
         text = log_path.read_text(errors="replace") if log_path else ""
     except OSError:

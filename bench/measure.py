@@ -383,7 +383,7 @@ def speakers(port: int, repeat: int) -> dict[str, Any] | None:
 
     from bench.media import SHARED_AUDIO
     from rapl import audio
-    from rapl.recording import SAMPLE_RATE
+    from rapl.audio.recording import SAMPLE_RATE
 
     if importlib.util.find_spec("resemblyzer") is None or not (SHARED_AUDIO / "zh_sample.wav").is_file():
         return None

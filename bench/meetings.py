@@ -50,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--audio", default=str(ROOT.parent / "shared" / "audio"), help="the real clips' folder")
     args = parser.parse_args(argv)
 
+    from rapl.audio.vad import Segmenter
     from rapl.backends.whisper import WhisperBackend
-    from rapl.pipeline import run
+    from rapl.core.pipeline import run
+    from rapl.core.speakers import Diarizer
     from rapl.settings import Settings
-    from rapl.speakers import Diarizer
-    from rapl.transcription import Options, Segment
-    from rapl.vad import Segmenter
+    from rapl.transcript.transcription import Options, Segment
     from support.meetings import error_rate, meetings
 
     work = Path(tempfile.mkdtemp(prefix="rapl-meetings-"))

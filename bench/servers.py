@@ -35,9 +35,9 @@ SEGMENTS_AUDIO = {"whisper": True, "sensevoice": False}
 
 
 def segmenter(backend: str, model: str, **env: str) -> Any:
-    """RAPL's own Segmenter (rapl.vad), built from the settings ``start_rapl`` gives the server."""
+    """RAPL's own Segmenter (rapl.audio.vad), built from the settings ``start_rapl`` gives the server."""
+    from rapl.audio.vad import Segmenter
     from rapl.settings import Settings
-    from rapl.vad import Segmenter
 
     settings = {k: v for k, v in server_env(backend, model, 8000, **env).items() if k != "ENV_FILE"}
     return Segmenter(Settings.load(settings))
@@ -45,5 +45,5 @@ def segmenter(backend: str, model: str, **env: str) -> Any:
 
 def long_chunks(seg: Any, backend: str, pcm: Any) -> list[tuple[int, int]]:
     """The chunks the server gives the model for a recording longer than one chunk (the server's rule in
-    rapl/service.py, recomputed here): ``Segmenter.plan``, merged for models that segment audio themselves."""
+    rapl/core/service.py, recomputed here): ``Segmenter.plan``, merged for models that segment audio themselves."""
     return [(int(c.start), int(c.end)) for c in seg.plan(pcm, merge=SEGMENTS_AUDIO[backend])]

@@ -13,18 +13,20 @@ from typing import Any
 
 from flask import Flask
 
-from . import auth, backends, cors, encoders, envelopes, hosts, metrics
+from . import backends
+from .audio.recording import MemoryBudget
 from .backends import Backend
-from .forms import MAX_FIELD_BYTES, InMemoryRequest
-from .headers import common_headers
-from .models import ModelEntry, Models, Slot
-from .models import read as read_models
-from .recording import MemoryBudget
-from .service import Transcriber
+from .core import encoders
+from .core.models import ModelEntry, Models, Slot
+from .core.models import read as read_models
+from .core.service import Transcriber
+from .core.speakers import Diarizer
+from .core.vocabulary import Vocabulary
+from .core.worker import ModelWorker
+from .http import auth, cors, envelopes, hosts, metrics
+from .http.forms import MAX_FIELD_BYTES, InMemoryRequest
+from .http.headers import common_headers
 from .settings import SPEC, Settings, environment
-from .speakers import Diarizer
-from .vocabulary import Vocabulary
-from .worker import ModelWorker
 
 __version__ = "0.1.0"
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend |
     """Build the app: read settings, register the API, and put the model worker on it.
 
     Only wires: nothing starts here (no thread, no model load, no logging set-up, no change to
-    ``os.environ``); the entry points start the worker (``rapl.server``), and the first request
+    ``os.environ``); the entry points start the worker (``rapl.http.server``), and the first request
     starts it where nothing did. ``overrides`` win over the environment and `.env` (tests pass
     settings this way); ``ENV_FILE`` names the dotenv file to read (default `.env`, empty for
     none). ``backend`` replaces the one BACKEND names, ``backends_by_id`` those of MODELS_FILE's models by
@@ -45,7 +47,7 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend |
     env_file = str(overrides.pop("ENV_FILE", os.environ.get("ENV_FILE", ".env")))
     settings = Settings.load(overrides, environ=environment(env_file))
 
-    app = Flask(__name__, static_folder=None)  # the web blueprint serves rapl/static
+    app = Flask(__name__, static_folder=None)  # the web blueprint serves rapl/http/static
     app.request_class = InMemoryRequest
     app.config.update(RAPL_SETTINGS=settings, RAPL_STARTED=time.time(), RAPL_VERSION=__version__,
                       MAX_CONTENT_LENGTH=settings.MAX_UPLOAD_MB * 1024 * 1024,
@@ -59,10 +61,10 @@ def create_app(overrides: Mapping[str, Any] | None = None, *, backend: Backend |
     hosts.register(app, settings.ALLOWED_HOSTS, settings.HOST)  # after cors: its check runs first
     auth.register(app, settings.API_KEY)
     _warn_if_exposed(settings)
-    from .api import bp as api_bp
-    from .web import bp as web_bp
-    from .websocket import Sessions
-    from .websocket import bp as realtime_bp
+    from .http.api import bp as api_bp
+    from .http.web import bp as web_bp
+    from .http.websocket import Sessions
+    from .http.websocket import bp as realtime_bp
 
     app.register_blueprint(api_bp)
     app.register_blueprint(realtime_bp)

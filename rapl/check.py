@@ -1,6 +1,6 @@
 """``rapl check``: verify the set-up (settings, decoder, backend library, model, port) and say
 what to change when something is wrong. Each backend's packages and hub come from its BackendSpec;
-the model is looked up as the backend loads it (rapl.store)."""
+the model is looked up as the backend loads it (rapl.backends.store)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import os
 import shutil
 import socket
 
-from . import environment, store
+from . import environment
+from .backends import store
 from .catalog import SPECS
-from .server import free_port
+from .http.server import free_port
 from .settings import Settings, SettingsError
 
 
@@ -105,7 +106,7 @@ def check_models_file(report: Report, settings: Settings) -> bool:
     """MODELS_FILE, when set, reads and holds valid models: one FAIL line per problem; False if any."""
     if not settings.MODELS_FILE:
         return True
-    from .models import ModelsFileError, read
+    from .core.models import ModelsFileError, read
 
     try:
         entries = read(settings.MODELS_FILE, settings)

@@ -1,6 +1,6 @@
 """The command line: ``rapl`` / ``python -m rapl`` with subcommands serve (the default),
 transcribe, models (list, pull, rm) and check: parsing, dispatch and printing. The work is done where the server
-does it: rapl.pipeline (transcribe), rapl.store (models), rapl.check (check).
+does it: rapl.core.pipeline (transcribe), rapl.backends.store (models), rapl.check (check).
 
 Every subcommand reads its settings as :func:`rapl.create_app` does: the process environment
 over the dotenv file named by ``ENV_FILE`` (default `.env`, empty for none), without changing
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
-    from .models import ModelEntry
+    from .core.models import ModelEntry
 
 log = logging.getLogger("rapl")
 
@@ -30,7 +30,7 @@ EXTENSIONS = {"json": "json", "verbose_json": "json", "text": "txt", "srt": "srt
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     from . import __version__
-    from .formats import FORMATS
+    from .transcript.formats import FORMATS
 
     parser = argparse.ArgumentParser(
         prog="rapl", description="RAPL: a local speech-to-text server that speaks OpenAI's audio API. "
@@ -119,14 +119,14 @@ def _settings_or_none() -> Settings | None:
 
 
 def serve() -> int:
-    """Serve the app with waitress on HOST:PORT (see rapl.server); 2: an invalid setting, 3: cannot listen.
+    """Serve the app with waitress on HOST:PORT (see rapl.http.server); 2: an invalid setting, 3: cannot listen.
 
     The port is bound before the model loads, so a busy port is reported at once. Ctrl+C, SIGINT
     or SIGTERM stop it cleanly: no new connections, the running transcription finishes and its
     answer is sent, queued ones get 503.
     """
     from . import create_app_or_exit
-    from .server import ListenError, Server
+    from .http.server import ListenError, Server
 
     settings = _settings_or_none()
     if settings is None:
@@ -150,12 +150,14 @@ def transcribe(files: list[Path], response_format: str = "text", language: str |
     """Transcribe ``files`` in-process; 0 when all succeeded, 1 when any failed, 2 on bad usage."""
     from tqdm import tqdm
 
-    from . import audio, backends, formats, languages, pipeline
+    from . import audio, backends
+    from .audio.vad import Segmenter
+    from .core import pipeline
+    from .core.worker import failure_message
     from .errors import RaplError
     from .logs import configure_logging
-    from .transcription import Options
-    from .vad import Segmenter
-    from .worker import failure_message
+    from .transcript import formats, languages
+    from .transcript.transcription import Options
 
     settings = _settings_or_none()
     if settings is None:
@@ -239,8 +241,8 @@ def describe(exc: BaseException, src: Path) -> str:
 
 
 def models() -> int:
-    """Print the locally cached models per backend (rapl.store), the configured one marked with '*'."""
-    from . import store
+    """Print the locally cached models per backend (rapl.backends.store), the configured one marked with '*'."""
+    from .backends import store
     from .catalog import SPECS
 
     settings = _settings_or_none()
@@ -283,9 +285,9 @@ def models() -> int:
 
 def _models_file(settings: Settings) -> int:
     """The models MODELS_FILE lists, each with whether it is cached here; 2 when the file is invalid."""
-    from . import store
+    from .backends import store
     from .catalog import SPECS
-    from .models import ModelsFileError, read
+    from .core.models import ModelsFileError, read
 
     try:
         entries = read(settings.MODELS_FILE, settings)
@@ -307,7 +309,7 @@ def _named_model(name: str, backend: str | None) -> tuple[Settings, ModelEntry] 
     ``backend`` (default BACKEND); None (after saying why) when the settings or the file are invalid."""
     from .backends import public_name
     from .catalog import SPECS
-    from .models import ModelEntry, ModelsFileError, read
+    from .core.models import ModelEntry, ModelsFileError, read
 
     settings = _settings_or_none()
     if settings is None:
@@ -331,9 +333,10 @@ def pull(name: str, backend: str | None = None) -> int:
     """Download a model through its backend's hub library, with a progress bar; 1 when it cannot."""
     from tqdm import tqdm
 
-    from . import backends, store
+    from . import backends
+    from .backends import store
     from .catalog import SPECS
-    from .worker import failure_message
+    from .core.worker import failure_message
 
     named = _named_model(name, backend)
     if named is None:
@@ -361,7 +364,7 @@ def pull(name: str, backend: str | None = None) -> int:
 
 def remove(name: str, backend: str | None = None, yes: bool = False) -> int:
     """Delete a model's cached download (asking first unless ``yes``); 1 when there is none or it is refused."""
-    from . import store
+    from .backends import store
     from .catalog import SPECS
 
     named = _named_model(name, backend)

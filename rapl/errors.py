@@ -1,6 +1,6 @@
 """The errors every layer raises: APIError (an answer in OpenAI's envelope) and the domain errors
 (:class:`RaplError`) with the one table of their status codes. Imports nothing of RAPL; the Flask
-handlers that answer them are in rapl.envelopes."""
+handlers that answer them are in rapl.http.envelopes."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ BACKENDS = tuple(SPECS)  # one registry entry per backend (rapl.catalog.SPECS)
 DEFAULT_MODELS = {name: spec.default_model for name, spec in SPECS.items()}
 RICH_MODES = ("plain", "emoji", "tags")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-SPEAKER_MODELS = ("resemblyzer", "campplus", "pyannote")  # rapl.encoders.ENCODERS has the same keys
+SPEAKER_MODELS = ("resemblyzer", "campplus", "pyannote")  # rapl.core.encoders.ENCODERS has the same keys
 # CORS_ORIGINS=local: pages served on this machine, and Tauri apps' webviews (tauri://localhost on macOS
 # and Linux, http(s)://tauri.localhost on Windows: *.localhost is always this machine). Not null (file://
 # pages and Electron windows, but also sandboxed iframes on any website): CORS_ORIGINS=local,null opts in.

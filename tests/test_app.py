@@ -190,7 +190,7 @@ def test_client_text_cannot_forge_a_log_line(whisper_model: str) -> None:
     proc = processes.start([sys.executable, "-m", "rapl"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, env=environment(BACKEND="whisper", LOCAL_MODEL=whisper_model, PORT=str(port),
                                                       API_KEY="sesame", LOG_LEVEL="INFO"))
-    forged = "2026-01-01 00:00:00,000 INFO rapl.api: request id=forged task=transcribe status=200"
+    forged = "2026-01-01 00:00:00,000 INFO rapl.http.api: request id=forged task=transcribe status=200"
     try:
         wait_healthy(proc, f"http://127.0.0.1:{port}")
         path = "/v1/models%0d%0a" + forged.replace(" ", "%20")

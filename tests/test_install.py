@@ -50,7 +50,7 @@ def test_wheel_installs_only_the_rapl_package(tmp_path: Path) -> None:
     top = {name.split("/", 1)[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert {n for n in top if not n.endswith(".dist-info")} == {"rapl"}, top  # no top-level `config`
     names = zipfile.ZipFile(wheel).namelist()
-    assert "rapl/static/index.html" in names and "rapl/settings.py" in names
+    assert "rapl/http/static/index.html" in names and "rapl/settings.py" in names
     assert not any(n.startswith(("config/", "tests/", "bench/", "deploy/")) for n in names)
 
 

@@ -5,6 +5,10 @@ packages it needs, the hub its models come from and the file that marks a local 
 Settings, ``rapl check``, ``rapl models`` and README's table derive from that entry. Each backend imports its
 heavy library only inside ``load()``, so choosing one never imports the others; ``load()``
 returns what the loaded model can do (its Capabilities), and ``transcribe()`` yields segments.
+
+Beside them, the model store (``store``: local directories, the hub caches, downloads ahead of
+first use). May import rapl.audio (the sample rate), rapl.transcript and the foundation; the core
+imports the backends, never the other way round.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ..settings import Settings
-    from ..transcription import Options, Segment
+    from ..transcript.transcription import Options, Segment
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ class Capabilities:
     can_bias: bool = False  # takes a vocabulary (keywords[]) to favour
     can_detect_among: bool = False  # restricts language detection to given languages (languages[])
     can_logprobs: bool = False  # reports per-token log-probabilities (include[]=logprobs)
-    tells_languages: bool = False  # can tell each stretch's language (language_of: rapl.pipeline.by_language)
+    tells_languages: bool = False  # can tell each stretch's language (language_of: rapl.core.pipeline.by_language)
 
 
 class Backend(Protocol):
@@ -95,7 +99,7 @@ def warm_up_noise(seconds: float = 1.0) -> np.ndarray:
     """Quiet noise to run a freshly loaded model once, so the first request pays no set-up."""
     import numpy as np
 
-    from ..recording import SAMPLE_RATE
+    from ..audio.recording import SAMPLE_RATE
 
     return np.random.default_rng(0).normal(0.0, 1e-3, int(seconds * SAMPLE_RATE)).astype(np.float32)
 

@@ -11,10 +11,10 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from .. import richtext
-from ..languages import CODES
-from ..text import WORDS
-from ..transcription import Word
+from ..transcript import richtext
+from ..transcript.languages import CODES
+from ..transcript.text import WORDS
+from ..transcript.transcription import Word
 
 log = logging.getLogger(__name__)
 

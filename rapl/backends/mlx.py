@@ -30,14 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import languages as langs
-from .. import richtext, store
+from ..audio.recording import SAMPLE_RATE
 from ..catalog import SPECS
 from ..errors import Unsupported
-from ..recording import SAMPLE_RATE
 from ..settings import Settings, SettingsError
-from ..transcription import Options, Segment, Word
-from . import Capabilities, warm_up_noise
+from ..transcript import languages as langs
+from ..transcript import richtext
+from ..transcript.transcription import Options, Segment, Word
+from . import Capabilities, store, warm_up_noise
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class MLXBackend:
             yield replace(segment, language=language)
 
     def language_of(self, audio: np.ndarray, candidates: tuple[str, ...] = ()) -> tuple[str, float] | None:
-        """The language of one stretch of speech, for rapl.pipeline.by_language: the model left to detect,
+        """The language of one stretch of speech, for rapl.core.pipeline.by_language: the model left to detect,
         for LANGUAGE_TOKENS tokens only (Qwen3-ASR starts with ``language German<asr_text>``). 1.0 when it
         named one (among ``candidates`` if given), 0.0 when it did not get that far; None for a family that
         never names its language (the chunk is then decoded whole, as before)."""
@@ -280,7 +280,7 @@ def _device(setting: str, mx: Any) -> Any:
 
 def _local_dir(model: str) -> Path:
     """A local directory holding ``model``: itself, its Hugging Face cache snapshot (with weights), or a
-    download by mlx-audio (see rapl.store.locate)."""
+    download by mlx-audio (see rapl.backends.store.locate)."""
     return store.locate(SPECS["mlx"], model, download=_download, complete=_has_weights, logger=log)
 
 

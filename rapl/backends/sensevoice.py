@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from .. import richtext, store
+from ..audio.recording import SAMPLE_RATE
 from ..catalog import SPECS
-from ..recording import SAMPLE_RATE
 from ..settings import Settings
-from ..text import join_text
-from ..transcription import Options, Segment
-from . import Capabilities, cpu_threads, warm_up_noise
+from ..transcript import richtext
+from ..transcript.text import join_text
+from ..transcript.transcription import Options, Segment
+from . import Capabilities, cpu_threads, store, warm_up_noise
 from .funasr_results import HAN, result_language, timed_words
 
 log = logging.getLogger(__name__)
@@ -265,13 +265,13 @@ def read_model_class(path: Path) -> str | None:
 
 
 def cached_modelscope(model_id: str) -> str | None:
-    """The local directory of ``model_id`` in the ModelScope cache, without network (see rapl.store)."""
+    """The local directory of ``model_id`` in the ModelScope cache, without network (see rapl.backends.store)."""
     found = store.cached(SPECS["sensevoice"], model_id)
     return found.path if found is not None else None
 
 
 def resolve_model(model: str) -> str:
-    """A local directory for ``model``: itself, its ModelScope cache, or a fresh download (rapl.store).
+    """A local directory for ``model``: itself, its ModelScope cache, or a fresh download (rapl.backends.store).
 
     ``model`` is a directory, a ModelScope id (``iic/SenseVoiceSmall``) or one of FunASR's
     short names (``paraformer-zh``).

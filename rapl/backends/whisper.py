@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import store
+from ..audio.recording import SAMPLE_RATE
 from ..catalog import SPECS
-from ..recording import SAMPLE_RATE
 from ..settings import Settings
-from ..transcription import Options, Segment, TokenLogprob, Word
-from . import Capabilities, cpu_threads, warm_up_noise
+from ..transcript.transcription import Options, Segment, TokenLogprob, Word
+from . import Capabilities, cpu_threads, store, warm_up_noise
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ class WhisperBackend:
     def language_of(self, audio: np.ndarray, candidates: tuple[str, ...] = ()) -> tuple[str, float] | None:
         """The language of one stretch of speech (among ``candidates`` if given) and its probability, from
         an encoder pass over it alone, as a draft's (a few seconds of speech cost a fraction of a 30 s
-        window); None for an English-only model (rapl.pipeline.by_language)."""
+        window); None for an English-only model (rapl.core.pipeline.by_language)."""
         if not self._model.model.is_multilingual:
             return None
         probability = self._language_scores(self._encode_short(audio))
@@ -254,7 +253,8 @@ def _segment(piece: Any) -> Segment:
 
 
 def fetch(model: str) -> Path:
-    """A local directory for ``model``: itself, its Hugging Face cache, or faster-whisper's download (rapl.store)."""
+    """A local directory for ``model``: itself, its Hugging Face cache, or faster-whisper's download
+    (rapl.backends.store)."""
     return store.locate(SPECS["whisper"], model, download=_download, logger=log)
 
 

@@ -5,7 +5,7 @@ Each recording is sentences one after another with pauses of 0.15 to 2.5 s: Engl
 several espeak-ng voices and JFK's real speech (../shared/audio/en_jfk.flac), German from
 espeak-ng's German voices, in blocks of a few sentences per language, as a meeting that
 switches language does. (espeak-ng's Mandarin, French and Spanish are not understood by
-Whisper base at all, its German is; the real Mandarin clip is in tests/test_longform.py.)
+Whisper base at all, its German is; the real Mandarin clip is in tests/core/test_longform.py.)
 Sentences hold no numbers, so a transcript is never wrong for writing "7" for "seven".
 """
 

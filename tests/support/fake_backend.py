@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from rapl.backends import Capabilities
-from rapl.transcription import Options, Segment, TokenLogprob, Word
+from rapl.transcript.transcription import Options, Segment, TokenLogprob, Word
 
 RATE = 16000
 # What the fake can do unless told otherwise: everything a request can ask for, any language.

@@ -43,7 +43,7 @@ class Server:
         self._closed = False
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        self.worker.start()  # as rapl.server does: the model loads while the server answers
+        self.worker.start()  # as rapl.http.server does: the model loads while the server answers
 
     @property
     def backend(self) -> Any:
@@ -105,11 +105,11 @@ class Server:
 
 
 class LiveServer(Server):
-    """RAPL's own server (rapl.server.Server: WebSocket sessions, graceful stop) on a free loopback port,
+    """RAPL's own server (rapl.http.server.Server: WebSocket sessions, graceful stop) on a free loopback port,
     its loop in a thread; ``stop()`` stops it as SIGTERM would (sessions get their close frame)."""
 
     def __init__(self, app: Flask, **given: Any) -> None:
-        from rapl.server import Server as RaplServer
+        from rapl.http.server import Server as RaplServer
 
         self.app = app
         self.worker = app.extensions["rapl"]
