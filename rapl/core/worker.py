@@ -102,6 +102,7 @@ class ModelWorker:
         self.loaded: Future[None] | None = None  # the model's load, once start() has begun it
         self._partials: dict[Hashable, tuple[Callable[[], Any], Future[Any]]] = {}  # FIFO, one per key
         self._slots = 0  # turns queued on the executor for the partial lane
+        self._unloads_queued = 0  # unloads asked for (unload_soon) that the model thread has not begun
 
     def start(self) -> None:
         """Begin loading the model on the model thread (and watching for idle time); once only."""
@@ -171,11 +172,14 @@ class ModelWorker:
             self.state = "unloading"
             try:
                 self.executor.submit(self._unload, True)
+                self._unloads_queued += 1
             except RuntimeError:  # the executor was shut down: the server is stopping
                 pass
 
     def _unload(self, force: bool = False) -> None:
         with self._lock:
+            if force:
+                self._unloads_queued -= 1
             if not force and not self._idle():  # a request came in meanwhile
                 return
             if force and self.state == "failed":
@@ -266,7 +270,9 @@ class ModelWorker:
             self._waiting += 1
             self._tickets += 1
             try:
-                if self.state in ("unloading", "unloaded"):  # idle unload: reload first, FIFO puts it ahead
+                # Unloaded, or an unload is queued ahead (a load that ran since must not count): reload first,
+                # FIFO puts it ahead of this job.
+                if self.state in ("unloading", "unloaded") or self._unloads_queued:
                     self.state = "loading"
                     self.executor.submit(self._load)
                 long = seconds > TRIM_AUDIO_SECONDS

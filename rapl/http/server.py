@@ -16,9 +16,10 @@
 * hands WebSocket upgrades (live sessions, rapl.http.websocket) their connection: the app checks the
   handshake as any request, then takes the socket from waitress (:class:`Takeover`), which
   neither reads nor writes it until the session ends;
-* stops gracefully on SIGINT (Ctrl+C), SIGTERM and, on Windows, SIGBREAK (Ctrl+Break): no new
-  connections, the running transcription finishes and its answer is sent, queued requests get 503;
-  waitress's threads end before any socket closes. A second signal while it waits stops at once.
+* stops gracefully on SIGINT (Ctrl+C), SIGTERM and, on Windows, SIGBREAK (Ctrl+Break): the port
+  closes at once (new connections are refused, so a load balancer moves on), the running
+  transcription finishes and its answer is sent, queued requests get 503, live sessions get a close
+  frame; waitress's threads end before the other sockets close. A second signal while it waits stops at once.
 """
 
 from __future__ import annotations
@@ -324,7 +325,11 @@ class Server:
         """
         print(self._stopping_line(), flush=True)
         for listener in self._listeners:
-            listener.accepting = False  # waitress's listeners stop taking connections
+            # Closed now, not at the end: a new connection is refused at once, so a load balancer sends it to
+            # another instance instead of leaving it unanswered in the backlog until this stop ends.
+            listener.accepting = False
+            listener.del_channel()
+            listener.socket.close()
         live = getattr(self.app, "extensions", {}).get("rapl.realtime")
         if live is not None:
             live.stop()  # each session tells its running turn, then gets a close frame with the reason

@@ -21,7 +21,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 
-from ..errors import APIError, RaplError
+from ..errors import APIError, RaplError, Unavailable
 from .live import LiveSession
 
 log = logging.getLogger(__name__)
@@ -50,15 +50,16 @@ class Sessions:
         self.stopping = threading.Event()
         self.counters = {"sessions_opened": 0, "sessions_refused": 0, "sessions_expired": 0}
 
-    def admit(self, connection: Connection) -> bool:
-        """Count ``connection`` in, unless REALTIME_MAX_SESSIONS are open or the server stops."""
+    def admit(self, connection: Connection) -> str:
+        """Count ``connection`` in: "" when it is, else why not ("stopping", or "full" at REALTIME_MAX_SESSIONS)."""
         with self.lock:
-            if self.stopping.is_set() or len(self.open) >= self.limit:
+            refused = "stopping" if self.stopping.is_set() else "full" if len(self.open) >= self.limit else ""
+            if refused:
                 self.counters["sessions_refused"] += 1
-                return False
+                return refused
             self.open.add(connection)
             self.counters["sessions_opened"] += 1
-            return True
+            return ""
 
     def leave(self, connection: Connection) -> None:
         """``connection`` has ended."""
@@ -110,6 +111,9 @@ def realtime() -> Response:
     from websockets.server import ServerProtocol
 
     registry = sessions()
+    if registry.stopping.is_set():  # before the 101: a load balancer can still send the session elsewhere
+        raise Unavailable("The server is shutting down; open the session again (on another instance).",
+                          code="shutting_down", retry_after=1)
     worker = current_app.extensions["rapl"]
     worker.ensure_loaded()  # as a REST request does: a loading model is waited for, a failed one is 503
     protocol = ServerProtocol(select_subprotocol=_choose_subprotocol, max_size=registry.max_message,
@@ -159,7 +163,12 @@ class Connection:
         sock.settimeout(SEND_TIMEOUT)
         try:
             self._flush()  # the 101 response
-            if not self.registry.admit(self):
+            refused = self.registry.admit(self)
+            if refused == "stopping":  # the stop began during the handshake
+                self._close(CLOSE_GOING_AWAY, "server shutting down")
+                self._drain()
+                return
+            if refused:
                 self._close(CLOSE_TRY_LATER, f"{self.registry.limit} live sessions are open "
                             "(REALTIME_MAX_SESSIONS); try again shortly", error=("server_busy", "rate_limit_exceeded"))
                 self._drain()

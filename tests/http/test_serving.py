@@ -288,3 +288,71 @@ def test_the_stop_line_says_what_it_waits_for(make_server: Any, capsys: pytest.C
     server = make_server()
     serve_while(server, lambda port: None)
     assert capsys.readouterr().out.splitlines()[-1] == "RAPL stopping"  # nothing ran: nothing to finish
+
+
+def test_the_port_closes_as_the_stop_begins_and_a_session_is_refused_before_its_101(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Behind a load balancer: while the running job finishes, a new connection is refused at once (nginx and
+    Caddy move to another instance), and a WebSocket handshake sent on a connection kept alive from before
+    gets 503 shutting_down, not a 101 and a close (a balancer can still send that session elsewhere)."""
+    monkeypatch.setattr(rapl, "configure_logging", lambda level: None)
+    gate = threading.Event()
+    app = create_app({"ENV_FILE": "", "PROGRESS": "false", "VAD": "false"}, backend=FakeBackend(gate=gate))
+    server = rapl_server.Server(app.config["RAPL_SETTINGS"], host="127.0.0.1", port=0).attach(app)
+    seen: dict[str, Any] = {}
+    head, body = upload_request()
+
+    def probe(port: int, kept: socket.socket, job: socket.socket) -> None:
+        try:
+            assert wait_for(lambda: server._stopping, 10)
+            time.sleep(0.2)  # the stop has begun: the listeners go first
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
+                seen["new connection"] = "accepted"
+            except ConnectionRefusedError:
+                seen["new connection"] = "refused"
+            kept.sendall(b"GET /v1/realtime?intent=transcription HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                answer += kept.recv(65536)
+            seen["handshake"] = answer.decode(errors="replace")
+        finally:
+            gate.set()  # now the running job may finish
+            seen["job"] = read_status(job)
+
+    def drive(port: int) -> threading.Thread:
+        kept = socket.create_connection(("127.0.0.1", port), timeout=20)
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        health = b""
+        while not health.endswith(b"}"):  # the whole answer: the connection stays open, idle
+            health += kept.recv(65536)
+        assert health.startswith(b"HTTP/1.1 200")
+        job = socket.create_connection(("127.0.0.1", port), timeout=20)
+        job.sendall(head + body)
+        assert wait_for(lambda: server.worker.running, 10)
+        prober = threading.Thread(target=probe, args=(port, kept, job), daemon=True)
+        prober.start()
+        return prober  # the body ends here: serve_while sends the SIGTERM
+
+    try:
+        prober = serve_while(server, drive)
+        prober.join(30)
+    finally:
+        gate.set()
+        server.worker.shutdown()
+    assert seen["new connection"] == "refused", seen
+    status_line, _, rest = seen["handshake"].partition("\r\n")
+    assert status_line.startswith("HTTP/1.1 503"), seen["handshake"]
+    assert '"code": "shutting_down"' in rest or '"code":"shutting_down"' in rest, rest
+    assert seen["job"] == 200  # the running transcription was finished and answered
+
+
+def wait_for(condition: Callable[[], Any], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
