@@ -295,7 +295,7 @@ def test_the_port_closes_as_the_stop_begins_and_a_session_is_refused_before_its_
     """Behind a load balancer: while the running job finishes, a new connection is refused at once (nginx and
     Caddy move to another instance), and a WebSocket handshake sent on a connection kept alive from before
     gets 503 shutting_down, not a 101 and a close (a balancer can still send that session elsewhere)."""
-    monkeypatch.setattr(rapl, "configure_logging", lambda level: None)
+    monkeypatch.setattr(rapl.logs, "configure_logging", lambda level: None)
     gate = threading.Event()
     app = create_app({"ENV_FILE": "", "PROGRESS": "false", "VAD": "false"}, backend=FakeBackend(gate=gate))
     server = rapl_server.Server(app.config["RAPL_SETTINGS"], host="127.0.0.1", port=0).attach(app)
