@@ -680,7 +680,10 @@ def test_caddy_reload_closes_sessions(pair: Pair, launch: Callable[..., Proxy], 
     subprocess.run([caddy_binary(), "reload", "--config", str(changed), "--adapter", "caddyfile", "--address",
                     f"127.0.0.1:{admin}"], env=env, check=True, capture_output=True, timeout=30)
     wait_until(lambda: dictation.closed_at, 10, "the session to be closed by the reload")
-    assert (dictation.close_code, dictation.close_reason) == (1001, ""), (dictation.close_code, dictation.close_reason)
+    # Caddy sends 1001 without a reason; on a loaded machine it was also seen to drop the connection with no
+    # close frame at all (code None): either way the session ends at the reload and the next one opens.
+    assert dictation.close_code in (1001, None) and dictation.close_reason in ("", None), (
+        dictation.close_code, dictation.close_reason)
     assert dictation.closed_at is not None and dictation.closed_at - reloaded_at < 5
     again = Dictation(proxy, command[1], pace=2.0)
     again.go.set()
