@@ -1,5 +1,5 @@
 // The official openai Node SDK's Realtime WebSocket client (openai/realtime/ws, on the `ws` package)
-// in a transcription session against a RAPL server: tests/test_realtime_clients.py runs it.
+// in a transcription session against a RAPL server: tests/http/test_realtime_clients.py runs it.
 //
 //   node realtime.mjs <base URL ending in /v1> <24 kHz PCM16 mono file> [pace]
 //

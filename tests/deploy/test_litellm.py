@@ -54,7 +54,7 @@ pytestmark = [pytest.mark.slow,  # RAPL and LiteLLM subprocesses, real models
 CONFIG = ROOT / "deploy" / "litellm" / "config.yaml"
 MASTER_KEY = "sk-litellm-test-master"
 CHECKED_ENDPOINTS = 3  # whisper-1 on A and B, dictation on B: the groups background_health_check_model_groups names
-GUARD = '''"""Refuse and record every connection and name lookup beyond loopback (from tests/test_litellm.py)."""
+GUARD = '''"""Refuse and record every connection and name lookup beyond loopback (from tests/deploy/test_litellm.py)."""
 import ipaddress
 import os
 import socket
