@@ -1,4 +1,4 @@
-// The official openai Node SDK against a RAPL server: every call tests/test_clients.py asserts on.
+// The official openai Node SDK against a RAPL server: every call tests/http/test_clients.py asserts on.
 //
 //   node matrix.mjs <base URL ending in /v1> <audio clip> [case ...]
 //
