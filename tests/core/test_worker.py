@@ -191,6 +191,7 @@ def _trims(server: Server) -> int:
     return server.worker.counters["heap_trims"]
 
 
+@pytest.mark.slow  # waits out a real timeout (seconds): the full suite runs it, the fast tier does not
 @pytest.mark.skipif(not heap.trim(), reason="malloc_trim is glibc's (Linux); elsewhere RAPL trims nothing")
 def test_freed_memory_goes_back_only_when_idle_after_a_long_request(fake_serve) -> None:  # noqa: ANN001
     """Trimming after every request made the next one's model stage 40-50 ms slower (the model's working

@@ -377,6 +377,7 @@ def test_too_large_a_message_closes_with_1009(live: Callable[..., LiveServer]) -
         assert _closed(ws).rcvd.code == 1009
 
 
+@pytest.mark.slow  # waits out a real timeout (seconds): the full suite runs it, the fast tier does not
 def test_an_idle_session_is_closed_with_the_reason(live: Callable[..., LiveServer]) -> None:
     server = live(REALTIME_IDLE_SECONDS="5")
     with connect(server.ws_url + PATH, ping_interval=None) as ws:

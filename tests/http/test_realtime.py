@@ -588,6 +588,7 @@ def test_a_message_over_realtime_max_message_mb_closes_1009(live: Callable[..., 
     wait_until(lambda: health(server)["realtime_sessions"] == 0, 10, "the session to end")
 
 
+@pytest.mark.slow  # waits out a real timeout (seconds): the full suite runs it, the fast tier does not
 def test_an_idle_session_is_closed_1008_naming_the_setting(live: Callable[..., LiveServer]) -> None:
     server = live(REALTIME_IDLE_SECONDS="5")
     ws, _client, _created = open_session(server.ws_url, ping_interval=None)

@@ -184,6 +184,7 @@ def test_trickling_clients_are_closed_so_health_answers(make_server: Any, monkey
     assert closed == count
 
 
+@pytest.mark.slow  # waits out a real timeout (seconds): the full suite runs it, the fast tier does not
 def test_a_slow_but_steady_upload_is_not_cut(make_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Headers within the deadline (in pieces), then a body that takes three deadlines, sent steadily: 200."""
     monkeypatch.setattr(rapl_server.Channel, "header_timeout", DEADLINE)
@@ -206,6 +207,7 @@ def test_a_slow_but_steady_upload_is_not_cut(make_server: Any, monkeypatch: pyte
     assert serve_while(server, body) == 200
 
 
+@pytest.mark.slow  # waits out a real timeout (seconds): the full suite runs it, the fast tier does not
 def test_a_kept_alive_connection_may_idle_past_the_header_deadline(make_server: Any,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Between requests the idle time is channel_timeout's (30 s): the clock starts at the next first byte."""
